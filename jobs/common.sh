@@ -46,10 +46,11 @@
 # What the ranks do on SIGUSR1 (agree on a step, save, exit with trace status "stopped by signal")
 # is the runtime's part: mpidist.runtime installs a Python handler for SIGUSR1, which replaces the
 # one MPICH installs in every rank (a program without such a handler ignores SIGUSR1 under MPICH and
-# is ended after the grace period). SIGTERM, which SLURM sends at the time limit itself and on
-# preemption, ends the ranks at once: the early signal is what leaves time for a checkpoint. On
-# SIGTERM this script passes SIGTERM on and does not requeue: after `scancel` the job ends, and a
-# cluster that preempts with PreemptMode=REQUEUE requeues it by itself.
+# is ended after the grace period). SIGTERM, which SLURM sends to every task at the time limit
+# itself, on preemption and on scancel, does the same within --term-grace seconds (default 10,
+# below SLURM's KillWait; SIGKILL follows KillWait): a checkpoint if the ranks can agree in time.
+# On SIGTERM this script does not requeue: after `scancel` the job ends, and a cluster that preempts
+# with PreemptMode=REQUEUE requeues it by itself; the next attempt resumes from the checkpoint.
 #
 # The site's MPI. On a cluster use the site's MPI library, not the `mpich` wheel, and build mpi4py
 # against it once, in the virtual environment the job uses:
@@ -190,7 +191,7 @@ mpidist_job() {
     # the early signal (time limit) and SIGTERM (preemption, scancel): pass on, let the ranks save
     MPIDIST_SIGNAL="" MPIDIST_WATCHDOG=""
     trap 'mpidist_on_signal USR1 "${MPIDIST_RANK_SIGNAL:-USR1}"' USR1
-    trap '[ "$MPIDIST_SIGNAL" = USR1 ] || mpidist_on_signal TERM TERM' TERM
+    trap '[ "$MPIDIST_SIGNAL" = USR1 ] || mpidist_on_term' TERM
     "${launch[@]}" "${cmd[@]}" &
     MPIDIST_STEP_PID=$!
     local rc
@@ -226,6 +227,20 @@ mpidist_job() {
     fi
     mpidist_log "trace: $trace_dir   (python tools/mpidist_trace.py plot $trace_dir)"
     return "$rc"
+}
+
+# mpidist_on_term: the batch script got SIGTERM (time limit, preemption, scancel). Under SLURM
+# every task got it too, from slurmstepd: the runtime makes the ranks agree on a step, save a
+# checkpoint and exit within --term-grace; passing it on would be a second SIGTERM. Outside SLURM
+# the launcher gets it (MPICH's mpiexec then ends the ranks at once).
+mpidist_on_term() {
+    MPIDIST_SIGNAL=TERM
+    if [ -n "${SLURM_JOB_ID:-}" ]; then
+        mpidist_log "got SIGTERM: SLURM signals every rank itself (they save a checkpoint and stop)"
+    else
+        mpidist_log "got SIGTERM: passing it on to the launcher"
+        kill -s TERM "$MPIDIST_STEP_PID" 2>/dev/null
+    fi
 }
 
 # mpidist_on_signal GOT SEND: the batch script got SIG<GOT>; send SIG<SEND> to every rank, give

@@ -381,6 +381,8 @@ class Report:
     time: float
     interval: Interval | None
     stop: bool = False
+    save: bool = False   # save a checkpoint: a stop, or --checkpoint-every DURATION has passed
+    code: float = 0.0    # the agreed stop code (runtime.decode_stop)
 
 
 class PeriodicAveragingSGD:
@@ -392,8 +394,8 @@ class PeriodicAveragingSGD:
 
     ``clock()`` gives this rank's elapsed training seconds (only ever used averaged over ranks);
     ``window``: the number of recent local mini-batch losses whose mean each worker contributes to
-    F; ``stop_flag()``: nonzero when this worker wants the job to stop (a signal), agreed through
-    the control slots like everything else.
+    F; ``stop_flag()``: this worker's stop code (``Run.stop_code``: 2 x a stop signal's number, + 1
+    when a timed checkpoint is due), agreed (maximum) through the control slots like everything else.
     """
 
     def __init__(self, optimizer, state: FlatState, exchange, schedule: CommSchedule, clock,
@@ -440,7 +442,8 @@ class PeriodicAveragingSGD:
     def _agree(self, ctrl: torch.Tensor, step: int) -> Report:
         loss, t, loss0, stop = ctrl.tolist()
         row = self.schedule.averaged(step, loss, t, loss0)
-        return Report(step, loss, t, row, stop > 0)
+        save, halt = runtime.decode_stop(stop)
+        return Report(step, loss, t, row, halt, save, stop)
 
     # -------------------------------------------------------------- the step
     def step(self, loss: torch.Tensor, step: int = 0) -> Report | None:
@@ -577,13 +580,11 @@ class Trainer:
         run = self.run
         every = getattr(run.args, "checkpoint_every", 0)
         due = every and (rep.step + 1) // every > (self.last_checkpoint + 1) // every
-        if rep.stop or due:
+        if rep.save or due:
             run.save_checkpoint(rep.step, self.state_dict())
             self.last_checkpoint = rep.step
         if rep.stop:
-            run.stopped = True
-            run.say(f"stop signal: checkpoint of step {rep.step} saved in {run.ckpt_root}; "
-                    f"resume with --resume {run.run_dir}")
+            run.announce_stop(rep.step, rep.code)
         return rep.stop
 
     def clock(self) -> float:
@@ -886,7 +887,7 @@ def main(argv=None):
         trainer = Trainer(run, model, state, shard, len(train_ds), a.batch_size)
         opt = PeriodicAveragingSGD(base, state, exchange, schedule, trainer.clock, a.loss_window,
                                    restart_momentum=a.method != "sync",
-                                   stop_flag=lambda: run.stop_signal)
+                                   stop_flag=run.stop_code)
         trainer.opt = opt
         nparams = state.numel
         run.say(f"adacomm: method {a.method}, {run.world_size} workers, {a.model} "

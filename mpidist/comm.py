@@ -587,8 +587,19 @@ class Communicator:
         return pickle.loads(buf.numpy().tobytes())
 
     def allgather_object(self, obj) -> list:
-        """Gather a small picklable object from every rank (start-up checks); not for tensors."""
-        return self.mpi.allgather(obj)
+        """Gather a small picklable object from every rank (start-up checks); not for tensors.
+        Nonblocking (sizes, then the bytes) so that it is bounded by the deadline like every wait."""
+        data = np.frombuffer(pickle.dumps(obj), np.uint8)
+        sizes = np.zeros(self.size, np.int64)
+        req = self.mpi.Iallgather(np.array([data.size], np.int64), sizes)
+        Handle(self, req, b"allgather", -1, -1, self._name("control"), 8, self.clock(),
+               None).wait()
+        displs = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        out = np.empty(int(sizes.sum()), np.uint8)
+        req = self.mpi.Iallgatherv(data, [out, sizes, displs, MPI.BYTE])
+        Handle(self, req, b"allgather", -1, -1, self._name("control"), data.size, self.clock(),
+               None).wait()
+        return [pickle.loads(out[d:d + n].tobytes()) for d, n in zip(displs, sizes)]
 
     def allreduce_scalar(self, value: float, op: str = "sum", channel: str = "control") -> float:
         """Blocking (deadline-bounded) allreduce of one float64, traced; for losses, flags, votes."""

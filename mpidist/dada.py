@@ -545,10 +545,10 @@ def adapt_distributed(run, on_step=None, cache: dict | None = None, summary: boo
     (unless ``summary`` is False). ``on_step(n, StepContext)`` is called after every step;
     ``cache`` memoises the source's pre-training (:func:`build_source`).
 
-    Checkpoints (``--checkpoint-every``, ``--resume``, SIGUSR1): every rank saves its state after
-    the steps n with ``n % checkpoint_every == 0``; a stop signal is agreed on (one 8-byte
-    allreduce on channel ``control``) every STOP_AGREEMENT_SYNCS sync-up steps, and then every rank
-    saves and stops. A resumed run skips the pre-training and the initial transfer.
+    Checkpoints (``--checkpoint-every``, ``--resume``, SIGUSR1/SIGTERM): every rank saves its state
+    after the steps n with ``n % checkpoint_every == 0``; a stop signal and a due timed checkpoint
+    (``--checkpoint-every 15m``) are agreed on (one 8-byte allreduce on channel ``control``) every
+    STOP_AGREEMENT_SYNCS sync-up steps, and then every rank saves (and stops). A resumed run skips the pre-training and the initial transfer.
     """
     args, comm, dev, rank = run.args, run.comm, run.device, run.rank
     t_start = time.perf_counter()
@@ -626,14 +626,14 @@ def adapt_distributed(run, on_step=None, cache: dict | None = None, summary: boo
             on_step(n, ctx)
         run.progress(n, args.steps, d_loss=vals["d_loss"], d_acc=vals["d_acc"])
         run.step_done(n)
+        timed = False
         if n % agree == 0:
-            stopped = comm.allreduce_scalar(float(run.stop_signal), "max", "control") > 0
-        if stopped or (every and n % every == 0):
+            code = comm.allreduce_scalar(run.stop_code(), "max", "control")
+            timed, stopped = runtime.decode_stop(code)
+        if timed or (every and n % every == 0):
             save_checkpoint(run, n, checkpoint_state(n, fpD, rule, node, ex, fixed))
         if stopped:
-            run.stopped = True
-            run.say(f"stop signal: checkpoint of step {n} saved in {run.ckpt_root}; resume "
-                    f"with --resume {run.run_dir}")
+            run.announce_stop(n, code)
             break
     t_adapt = time.perf_counter() - t_adapt
     after = node.accuracy() if rank > 0 else float("nan")
@@ -819,7 +819,7 @@ def check(args, world_size: int) -> str | None:
                     "mpirun -n 1 (or plain python)")
         if args.strategy or args.sync_period:
             return "--centralized has one discriminator: --strategy/--sync-period do not apply"
-        if args.resume or args.checkpoint_every:
+        if args.resume or args.checkpoint_every or args.checkpoint_seconds:
             return "--centralized (a short one-process baseline) does not checkpoint or resume"
         return None
     if world_size < 2:

@@ -29,9 +29,11 @@ import json
 import logging
 import os
 import random
+import select
 import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 
@@ -123,17 +125,59 @@ def parser(algorithm: str, description: str) -> ArgumentParser:
     g.add_argument("--progress-seconds", type=nonneg_float, default=2.0,
                    help="rank 0 prints progress at most this often (default 2)")
     g.add_argument("--quiet", action="store_true", help="no progress lines, only the summary")
-    g.add_argument("--checkpoint-every", type=nonneg_int, default=0, metavar="STEPS",
-                   help="every rank saves its state every STEPS steps under <run dir>/checkpoints "
-                        "(atomically; the newest complete one wins); 0 = only when SIGUSR1 asks "
-                        "the job to stop (default)")
+    g.add_argument("--checkpoint-every", type=checkpoint_period, default=0, action=_CheckpointEvery,
+                   metavar="STEPS|DURATION",
+                   help="every rank saves its state every STEPS steps, or every DURATION (e.g. 90s, "
+                        "15m, 2h: at the first step all ranks agree on after it passed), under <run "
+                        "dir>/checkpoints (atomically; the newest complete one wins); 0 = only when "
+                        "SIGUSR1/SIGTERM asks the job to stop (default)")
     g.add_argument("--resume", default=None, metavar="DIR",
                    help="continue from the newest complete checkpoint in DIR (a run directory, its "
                         "checkpoints/ folder, or one checkpoint); the trace of that run continues")
+    p.set_defaults(checkpoint_seconds=0.0)
+    g.add_argument("--term-grace", type=positive_float, default=10.0, metavar="SECONDS",
+                   help="SIGTERM (SLURM's time limit, preemption, scancel) and SIGUSR1 make all ranks "
+                        "finish their step, agree on it, save a checkpoint and exit 0; after SIGTERM "
+                        "a rank that has not done so within SECONDS (a dead peer, a very long step) "
+                        "kills itself, which ends the job, its trace kept up to its last flush. Keep "
+                        "it below SLURM's KillWait (default 10)")
     g.add_argument("--fail-at", type=fail_spec, default=None, metavar="STEP:RANK[:raise|kill]",
                    help="inject a failure: rank RANK raises an exception (default) or kills itself "
                         "with SIGKILL after step STEP; for testing that the job ends cleanly")
     return p
+
+
+def checkpoint_period(s: str) -> tuple[int, float]:
+    """``--checkpoint-every``: (steps, 0) for a number, (0, seconds) for a duration 90s/15m/2h."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    try:
+        if s and s[-1] in units:
+            v = float(s[:-1]) * units[s[-1]]
+            if not v > 0:
+                raise ValueError
+            return 0, v
+        v = int(s)
+        if v < 0:
+            raise ValueError
+        return v, 0.0
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of steps (>= 0) or a duration such "
+                                         f"as 90s, 15m, 2h, got {s}") from None
+
+
+class _CheckpointEvery(argparse.Action):
+    """Stores ``--checkpoint-every`` as ``checkpoint_every`` (steps) and ``checkpoint_seconds``."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        namespace.checkpoint_every, namespace.checkpoint_seconds = value
+
+
+def decode_stop(code: float) -> tuple[bool, bool]:
+    """(save a checkpoint now, stop now) from the maximum over the ranks of
+    :meth:`Run.stop_code`: stop when any rank got a stop signal, save then too, or when the
+    --checkpoint-every duration has passed on any rank."""
+    c = int(code)
+    return c >= 2 or c % 2 == 1, c >= 2
 
 
 def fail_spec(s: str) -> tuple[int, int, str]:
@@ -228,7 +272,9 @@ class Run:
         self._next_progress = 0.0
         self.start_step = 0          # the first step to run (after --resume: the checkpoint's + 1)
         self.resumed_state = None    # the algorithm's state from the checkpoint, or None
-        self.stop_signal = 0         # set by SIGUSR1; agreed by all ranks in checkpoint()
+        self.stop_signal = 0         # set by SIGUSR1/SIGTERM; agreed by all ranks in checkpoint()
+        self._previous_handlers = {}
+        self._next_timed_checkpoint = comm.clock() + args.checkpoint_seconds
         self.stopped = False
         self.ckpt_root = os.path.join(run_dir, "checkpoints")
 
@@ -297,14 +343,26 @@ class Run:
         says so or when a stop signal arrived on any rank (all ranks agree on it here, so all save
         the same step). Returns True when the job must stop now (after a signal)."""
         every = self.args.checkpoint_every
-        stop = self.comm.allreduce_scalar(float(self.stop_signal), "max", "control") > 0
-        if stop or (every and (step + 1) % every == 0):
+        code = self.comm.allreduce_scalar(self.stop_code(), "max", "control")
+        save, stop = decode_stop(code)
+        if save or (every and (step + 1) % every == 0):
             self.save_checkpoint(step, state_fn())
         if stop:
-            self.stopped = True
-            self.say(f"stop signal: checkpoint of step {step} saved in {self.ckpt_root}; "
-                     f"resume with --resume {self.run_dir}")
+            self.announce_stop(step, code)
         return stop
+
+    def stop_code(self) -> float:
+        """What this rank asks of the next agreement (a max-allreduce over all ranks, see
+        :func:`decode_stop`): 2 x the stop signal's number (0 without one), plus 1 when the
+        ``--checkpoint-every`` duration has passed since this rank's last checkpoint."""
+        due = self.args.checkpoint_seconds and self.comm.clock() >= self._next_timed_checkpoint
+        return 2.0 * self.stop_signal + (1.0 if due else 0.0)
+
+    def announce_stop(self, step: int, code: float) -> None:
+        """After the agreed stop's checkpoint of ``step``: mark the run stopped, say so on rank 0."""
+        self.stopped = True
+        self.say(f"{signal_name(int(code) // 2)}: checkpoint of step {step} saved in "
+                 f"{self.ckpt_root}; resume with --resume {self.run_dir}")
 
     def save_checkpoint(self, step: int, state: dict) -> None:
         """Collective: every rank saves ``state`` of ``step`` (with the RNG states and the clock);
@@ -319,15 +377,32 @@ class Run:
             checkpoint.complete(self.ckpt_root, step, self.algorithm, self.world_size)
         self.comm.barrier()
         self.metric(step, "checkpoint", step)
+        self._next_timed_checkpoint = self.comm.clock() + self.args.checkpoint_seconds
 
     def _on_signal(self, signum, frame) -> None:
-        self.stop_signal = signum
+        """The Python handler of SIGUSR1 and SIGTERM: ask for the agreed stop. It runs in the main
+        thread between two bytecodes, so it only sets a flag (the watcher thread keeps the
+        deadline of SIGTERM, see :func:`_watch_signals`)."""
+        if not self.stop_signal:
+            self.stop_signal = signum
+
+    def _terminate(self, why: str) -> None:
+        """End this rank at once (from the watcher thread): the trace keeps every flushed row and its
+        status says why. SIGKILL, not an exit: a launcher ends the whole job when a rank dies by a
+        signal (MPICH's hydra, srun --kill-on-bad-exit), but may wait for the others after an exit."""
+        try:
+            sys.stderr.write(f"[rank {self.rank}] SIGTERM: {why}; ending this rank now\n")
+            sys.stderr.flush()
+            self.trace.mark(f"terminated: SIGTERM, {why}", timeout=5.0)
+        finally:
+            os.kill(os.getpid(), signal.SIGKILL)
 
     # ------------------------------------------------------------------ ending
     def __enter__(self):
         return self
 
     def __exit__(self, exc_type, exc, tb):
+        _uninstall_stop_signals(self)
         if exc_type is None:
             self.trace.close(status="stopped by signal" if self.stopped else "ok")
             self.comm.barrier()
@@ -340,6 +415,66 @@ class Run:
             return False
         abort(self.rank, exc, self.trace)
         return False
+
+
+def signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+# ------------------------------------------------------------------ stop signals (SIGUSR1, SIGTERM)
+STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+_active_run: Run | None = None   # the run the stop signals are for (None between runs)
+_wakeup_fd: int | None = None    # read end of the pipe Python's C-level signal handler writes to
+
+
+def _install_stop_signals(run: Run) -> None:
+    """SIGUSR1 and SIGTERM ask ``run`` for the agreed stop (:meth:`Run.checkpoint`). Python runs
+    a handler only when the main thread is between bytecodes, which may be never if it waits inside
+    MPI for a dead peer; so the C-level handler also writes the signal number to a pipe
+    (``signal.set_wakeup_fd``) that a daemon thread watches to keep SIGTERM's deadline."""
+    global _active_run, _wakeup_fd
+    if _wakeup_fd is None:
+        r, w = os.pipe()
+        os.set_blocking(w, False)
+        signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        _wakeup_fd = r
+        threading.Thread(target=_watch_signals, args=(r,), name="mpidist-signals",
+                         daemon=True).start()
+    _active_run = run
+    run._previous_handlers = {s: signal.signal(s, run._on_signal) for s in STOP_SIGNALS}
+
+
+def _uninstall_stop_signals(run: Run) -> None:
+    global _active_run
+    for s, h in run._previous_handlers.items():
+        signal.signal(s, h)
+    run._previous_handlers = {}
+    if _active_run is run:
+        _active_run = None
+
+
+def _watch_signals(fd: int) -> None:
+    """The watcher thread: the first SIGTERM of a run starts its --term-grace deadline; when the
+    deadline passes (the rank could not agree and checkpoint: a peer is dead, a step is too long),
+    the rank ends at once (:meth:`Run._terminate`). Further SIGTERMs change nothing (SLURM's and a
+    batch script's may both arrive); SIGKILL is there for an immediate end."""
+    armed, deadline = None, 0.0
+    while True:
+        wait = None if armed is None else max(0.0, deadline - time.monotonic())
+        ready = select.select([fd], [], [], wait)[0]
+        data = os.read(fd, 512) if ready else b""
+        run = _active_run
+        if run is None or run is not armed:
+            armed = None
+        if run is None:
+            continue
+        if armed is not None and not ready:
+            run._terminate(f"no agreed checkpoint within --term-grace {run.args.term_grace:g} s")
+        if int(signal.SIGTERM) in data and armed is None:
+            armed, deadline = run, time.monotonic() + run.args.term_grace
 
 
 def abort(rank: int, exc: BaseException, trace: TraceWriter | None = None, code: int = 1) -> None:
@@ -463,8 +598,9 @@ def start(algorithm: str, p: ArgumentParser, argv=None, check=None) -> Run:
         run.resumed_state = resumed["algorithm"]
         comm.step = run.start_step
         run.say(f"resuming from step {resumed['step']} ({ckpt_dir})")
-    # SIGUSR1 (what `sbatch --signal=USR1@...` sends before a time limit): checkpoint and stop at
-    # the next step all ranks agree on. SIGTERM keeps its default (immediate end): MPI_Abort's
-    # launcher uses it to end the other ranks, and they must not linger.
-    signal.signal(signal.SIGUSR1, run._on_signal)
+    # SIGUSR1 (what `sbatch --signal=USR1@...` sends before a time limit) and SIGTERM (the time
+    # limit itself, preemption): checkpoint and stop at the next step all ranks agree on. MPI_Abort
+    # and a killed rank end the others with SIGKILL (MPICH's hydra, srun), SIGTERM at worst (srun
+    # --kill-on-bad-exit: then --term-grace bounds the wait for the dead rank).
+    _install_stop_signals(run)
     return run

@@ -283,7 +283,7 @@ def stop_signal_is_agreed():
     """A stop signal on the last rank only, after local step 9: every rank learns it at the same
     averaging (step index 11 with tau = 4) from the control slots, not before."""
     model, state, opt = quadratic_wrapper("pasgd", 4, 0.05)
-    opt.stop_flag = lambda: float(r == m - 1 and k >= 9)
+    opt.stop_flag = lambda: 2.0 * 10 * (r == m - 1 and k >= 9)  # Run.stop_code of SIGUSR1
     stops = []
     for k in range(16):
         rep = local_step(model, state, opt, k)

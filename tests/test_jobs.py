@@ -130,14 +130,23 @@ def jobs(tmp_path_factory):
                             ["--steps", str(REQUEUE_STEPS), "--compute-seconds", "0.05"],
                             {"MPIDIST_MODULE": "trace_demo",
                              "PYTHONPATH": os.path.join(REPO, "tests"), "MPIDIST_GRACE": "60"})
+    # the cancelled job: the same demo, ended with a plain `scancel` (SIGTERM to every task, then
+    # SIGKILL after KillWait: what the time limit and preemption do)
+    ids["term"] = submit(tmp, "term", os.path.join(JOBS, "adacomm.sbatch"), 2,
+                         ["--steps", str(REQUEUE_STEPS), "--compute-seconds", "0.05"],
+                         {"MPIDIST_MODULE": "trace_demo",
+                          "PYTHONPATH": os.path.join(REPO, "tests")})
     deadline = time.monotonic() + WAIT_S
-    rq = ids["requeue"]
-    signalled = released = False
+    rq, term = ids["requeue"], ids["term"]
+    signalled = released = cancelled = False
     while time.monotonic() < deadline:
         if not signalled and steps_done(tmp / "runs" / f"adacomm-{rq}" / "trace") >= 3:
             # a few steps in (so the ranks' signal handlers are in place): the early signal
             assert sh("scancel", "--signal=USR1", "--batch", rq).returncode == 0
             signalled = True
+        if not cancelled and steps_done(tmp / "runs" / f"adacomm-{term}" / "trace") >= 3:
+            assert sh("scancel", term).returncode == 0
+            cancelled = True
         info = job_info(rq)
         if (signalled and not released and info.get("JobState") == "PENDING"
                 and info.get("Restarts") == "1"):
@@ -225,3 +234,26 @@ def test_early_signal_checkpoints_and_requeues(jobs):
         run = trace.read_run(str(run_dir / "trace.restart1"))
         assert {r.attrs["status"] for r in run.ranks} == {"ok"}
         assert list(run.ranks[0].metric("loss")[0]) == list(range(REQUEUE_STEPS))
+
+
+@needs_slurm
+def test_scancel_sigterm_checkpoints_every_rank(jobs):
+    """`scancel` (like the time limit and preemption) sends SIGTERM to every task: the ranks agree
+    on a step, save a checkpoint and exit 0 before SLURM's SIGKILL; the batch script does not pass
+    a second SIGTERM on."""
+    tmp, ids = jobs
+    jid = ids["term"]
+    out = output(tmp, "term", jid)
+    assert job_info(jid)["JobState"] == "CANCELLED", out
+    assert "got SIGTERM: SLURM signals every rank itself" in out
+    assert "(trace status: stopped by signal)" in out and "ranks ended with status 0" in out
+    run_dir = tmp / "runs" / f"adacomm-{jid}"
+    run = trace.read_run(str(run_dir / "trace"))
+    saved = set()
+    for r in run.ranks:
+        assert r.attrs["status"] == "stopped by signal"
+        ck, _, _ = r.metric("checkpoint")
+        assert len(ck) == 1 and max(r.metric("loss")[0]) == ck[0] < REQUEUE_STEPS - 1
+        saved.add(int(ck[0]))
+    assert len(saved) == 1  # the same step on every rank
+    assert os.listdir(run_dir / "trace" / "checkpoints") == [f"step-{saved.pop():09d}"]

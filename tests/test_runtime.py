@@ -121,31 +121,69 @@ def test_checkpoint_kill_resume_equals_uninterrupted(tmp_path):
     assert run.ranks[0].attrs["status"] == "ok" and run.ranks[0].attrs["resumed_at_step"] == 7
 
 
-def test_sigusr1_on_one_rank_checkpoints_all_and_stops(tmp_path):
-    import signal
+def _start_toy(tmp_path, *argv):
+    """A 2-rank toy job in the background; returns (process, pids of its ranks)."""
     import subprocess
     import sys
     from mpirun import mpiexec
     pid = tmp_path / "pid"
-    cmd = [mpiexec(), "-n", "2", sys.executable, TOY, "--steps", "100000", "--step-seconds",
-           "0.01", "--pid-file", str(pid), "--trace-dir", str(tmp_path / "r")]
+    cmd = [mpiexec(), "-n", "2", sys.executable, TOY, "--pid-file", str(pid),
+           "--trace-dir", str(tmp_path / "r"), *argv]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    t = time.monotonic()
+    while not all(os.path.exists(f"{pid}.{k}") for k in (0, 1)) and time.monotonic() - t < 60:
+        time.sleep(0.2)
+    time.sleep(1.0)
+    return p, [int(open(f"{pid}.{k}").read()) for k in (0, 1)]
+
+
+@pytest.mark.parametrize("sig, to", [("SIGUSR1", [1]), ("SIGTERM", [0, 1])])
+def test_stop_signal_checkpoints_all_ranks_and_stops(tmp_path, sig, to):
+    """SIGUSR1 on one rank (what the job templates pass on) or SIGTERM on every rank (what SLURM
+    sends at the time limit or on preemption): all ranks agree on a step, checkpoint it, exit 0."""
+    import signal
+    p, pids = _start_toy(tmp_path, "--steps", "100000", "--step-seconds", "0.01")
     try:
         t = time.monotonic()
-        while not os.path.exists(f"{pid}.1") and time.monotonic() - t < 60:
-            time.sleep(0.2)
-        time.sleep(1.0)
-        os.kill(int(open(f"{pid}.1").read()), signal.SIGUSR1)
+        for k in to:
+            os.kill(pids[k], getattr(signal, sig))
         out, err = p.communicate(timeout=60)
+        elapsed = time.monotonic() - t
     finally:
         p.kill()
     assert p.returncode == 0, err
+    assert elapsed < 20, elapsed
     acc, step = final_acc(out)
     assert step < 100000 - 1
+    assert f"{sig}: checkpoint of step {step} saved" in out
     ckpts = os.listdir(tmp_path / "r" / "checkpoints")
     assert ckpts == [f"step-{step:09d}"]
-    assert read_run(str(tmp_path / "r")).ranks[1].attrs["status"] == "stopped by signal"
+    for r in read_run(str(tmp_path / "r")).ranks:
+        assert r.attrs["status"] == "stopped by signal"
+        assert max(r.metric("sum")[0]) == step  # every step up to the checkpoint, none after
+
+
+def test_sigterm_without_agreement_ends_the_rank_after_the_grace(tmp_path):
+    """Rank 1 waits for a silent rank 0 (inside a receive) when SIGTERM comes: it cannot reach
+    the agreed checkpoint, so after --term-grace it kills itself, the launcher ends the job, and
+    its trace says why; nothing waits for --comm-timeout."""
+    import signal
+    p, pids = _start_toy(tmp_path, "--steps", "5", "--silent-rank", "0", "--comm-timeout", "100",
+                         "--term-grace", "2", "--flush-seconds", "0.1")
+    try:
+        t = time.monotonic()
+        os.kill(pids[1], signal.SIGTERM)
+        out, err = p.communicate(timeout=60)
+        elapsed = time.monotonic() - t
+    finally:
+        p.kill()
+    assert p.returncode != 0
+    assert 2 <= elapsed < 15, elapsed
+    assert "[rank 1] SIGTERM: no agreed checkpoint within --term-grace 2 s; ending this rank now" \
+        in err
+    run = read_run(str(tmp_path / "r"))
+    assert run.ranks[1].attrs["status"].startswith("terminated: SIGTERM, no agreed checkpoint")
 
 
 @pytest.mark.parametrize("damage, message", [
@@ -168,3 +206,33 @@ def test_bad_resume_is_a_clear_error(tmp_path, damage, message):
     proc = run_mpi(2, [TOY, "--resume", str(tmp_path / "r")], 60)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr
     assert len([ln for ln in proc.stderr.splitlines() if ln.strip()]) == 1
+
+
+def test_checkpoint_period_and_stop_codes():
+    from mpidist.runtime import checkpoint_period, decode_stop
+    import argparse
+    assert checkpoint_period("0") == (0, 0.0) and checkpoint_period("25") == (25, 0.0)
+    assert checkpoint_period("90s") == (0, 90.0) and checkpoint_period("1.5m") == (0, 90.0)
+    assert checkpoint_period("2h") == (0, 7200.0)
+    for bad in ("-1", "0s", "m", "1d", "x", ""):
+        with pytest.raises(argparse.ArgumentTypeError):
+            checkpoint_period(bad)
+    # the max over ranks of 2 x signal + timed-due: any signal stops (and saves), a due timer saves
+    assert decode_stop(0) == (False, False) and decode_stop(1) == (True, False)
+    assert decode_stop(2 * 10) == (True, True) and decode_stop(2 * 15 + 1) == (True, True)
+
+
+def test_timed_checkpoints(tmp_path):
+    """--checkpoint-every 1s on a ~4 s run: checkpoints at steps all ranks agreed on, about one
+    per second (the newest two kept), and the run resumes from the last one."""
+    out = check(run_mpi(2, [TOY, "--steps", "80", "--step-seconds", "0.05", "--checkpoint-every",
+                            "1s", "--trace-dir", str(tmp_path / "r")], 120))
+    run = read_run(str(tmp_path / "r"))
+    saved = [list(r.metric("checkpoint")[0]) for r in run.ranks]
+    assert saved[0] == saved[1] and 2 <= len(saved[0]) <= 8, saved
+    times = run.ranks[0].metric("checkpoint")[1]
+    assert all(d >= 1.0 for d in times[1:] - times[:-1]), times
+    from mpidist import checkpoint
+    kept = [m["step"] for _, m in checkpoint.list_complete(str(tmp_path / "r" / "checkpoints"))]
+    assert kept == saved[0][-2:]
+    assert final_acc(out)[1] == 79

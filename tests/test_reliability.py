@@ -1,0 +1,98 @@
+"""Injected failures on the four real entry points (issue 8): ``--fail-at STEP:RANK[:raise|kill]``.
+
+For every algorithm and both ways of failing: the whole job ends within seconds of the failure (the
+run asks for thousands of steps, so a hang would hit the launch's timeout), the exit status is
+non-zero, the message names the failed rank, every rank's trace file opens, the failed rank's file
+holds its rows up to the failing step (it flushes right before failing) and the others' hold rows
+up to their last flush. The seconds from the failure message to the end of the job are printed
+(``pytest -s``) for the closing note; the assertion bound is loose because CI machines are busy.
+
+The runtime's own failure tests (toy program, SIGUSR1/SIGTERM, deadlines) are in test_runtime.py;
+MD-GAN's SIGKILLed worker is also tested in test_mdgan.py.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from mpidist.trace import read_run
+from mpirun import REPO, mpiexec
+
+FAIL_STEP = 6
+END_BOUND_S = 30  # a hang would take --comm-timeout (300 s) or the launch timeout
+
+# algorithm -> (ranks, the failed rank, arguments that would run for minutes without the failure,
+# the last step the failed rank has rows of: AdaComm with tau = 2 communicates and logs only at the
+# averaging steps 1, 3, 5, ...; the others every step)
+JOBS = {
+    "pcasgd": (4, 2, ["--clusters", "2,2", "--delay", "3", "--steps", "5000"], FAIL_STEP),
+    "adacomm": (2, 1, ["--steps", "5000", "--tau0", "2"], FAIL_STEP - 1),
+    "dada": (2, 1, ["--steps", "5000", "--pretrain-steps", "20"], FAIL_STEP),
+    "mdgan": (3, 2, ["-I", "5000"], FAIL_STEP),
+}
+
+
+def run_failing(n: int, args: list[str], timeout: float = 180):
+    """Launch ``mpiexec -n n python args`` and time-stamp the stderr lines as they come.
+    Returns (exit status, stdout, stderr, [(seconds since launch, line)], seconds to the end)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    p = subprocess.Popen([mpiexec(), "-n", str(n), sys.executable, *args], cwd=REPO, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t0 = time.monotonic()
+    lines: list[tuple[float, str]] = []
+    out: list[str] = []
+    readers = [threading.Thread(target=lambda: [lines.append((time.monotonic() - t0, ln))
+                                                for ln in p.stderr], daemon=True),
+               threading.Thread(target=lambda: out.extend(p.stdout), daemon=True)]
+    for r in readers:
+        r.start()
+    try:
+        p.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        pytest.fail(f"mpiexec -n {n} {' '.join(args)}: still running after {timeout} s (hang)\n"
+                    + "".join(ln for _, ln in lines[-40:]))
+    end = time.monotonic() - t0
+    for r in readers:
+        r.join(5)
+    return p.returncode, "".join(out), "".join(ln for _, ln in lines), lines, end
+
+
+@pytest.mark.parametrize("how", ["raise", "kill"])
+@pytest.mark.parametrize("algo", sorted(JOBS))
+def test_fail_at_ends_the_job_and_keeps_the_traces(tmp_path, algo, how):
+    n, bad, extra, last = JOBS[algo]
+    run_dir = tmp_path / "run"
+    code, out, err, lines, end = run_failing(
+        n, ["-m", f"mpidist.{algo}", *extra, "--quiet", "--flush-seconds", "0.2",
+            "--fail-at", f"{FAIL_STEP}:{bad}:{how}", "--trace-dir", str(run_dir)])
+    assert code != 0, (out, err)
+    marker = (f"[rank {bad}] failed: InjectedFailure: --fail-at: injected failure after step "
+              f"{FAIL_STEP}" if how == "raise"
+              else f"[rank {bad}] --fail-at: killing myself after step {FAIL_STEP}")
+    hit = [t for t, ln in lines if marker in ln]
+    assert hit, err[-3000:]
+    after = end - hit[0]
+    print(f"\n{algo} {how}: rank {bad} of {n} failed at step {FAIL_STEP}; the job ended "
+          f"{after:.2f} s later (exit {code}, {end:.1f} s from launch)")
+    assert after < END_BOUND_S, after
+
+    run = read_run(str(run_dir))  # every rank's file opens
+    assert [r.rank for r in run.ranks] == list(range(n))
+    failed = run.ranks[bad]
+    steps = [int(failed.comm["step"].max(initial=-1)), int(failed.metrics["step"].max(initial=-1))]
+    assert max(steps) == last, steps  # flushed up to the failing step, nothing later
+    if how == "raise":
+        assert failed.attrs["status"].startswith("failed: InjectedFailure")
+    else:
+        assert failed.attrs["status"] == "running"  # killed: no chance to close
+    for r in run.ranks:
+        if r is not failed:
+            assert r.attrs["status"] == "running"  # ended by the launcher, file still readable
+            assert len(r.comm) + len(r.metrics) > 0
+            assert r.comm["step"].max(initial=0) <= FAIL_STEP + 2
