@@ -18,6 +18,8 @@ import torch
 from .errors import UsageError
 
 MANIFEST = "MANIFEST.json"
+RANK_KEYS = {"algorithm", "step", "t", "rng"}   # what the runtime saves in every rank<k>.pt
+RNG_KEYS = {"torch", "numpy", "random", "shared"}
 
 
 class CheckpointError(UsageError):
@@ -66,27 +68,47 @@ def list_complete(root: str) -> list[tuple[str, dict]]:
     for name in sorted(os.listdir(root)):
         m = os.path.join(root, name, MANIFEST)
         if name.startswith("step-") and os.path.exists(m):
-            try:
-                with open(m) as f:
-                    out.append((os.path.join(root, name), json.load(f)))
-            except (OSError, ValueError):
-                continue  # an unreadable manifest: that checkpoint does not count
+            manifest = _read_manifest(m)
+            if manifest is not None:  # an unreadable manifest: that checkpoint does not count
+                out.append((os.path.join(root, name), manifest))
     return sorted(out, key=lambda x: x[1].get("step", -1))
+
+
+def _read_manifest(path: str) -> dict | None:
+    """The manifest at ``path``, or None when it cannot be read or is not a JSON object."""
+    try:
+        with open(path) as f:
+            m = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return m if isinstance(m, dict) else None
+
+
+def _unreadable(root: str) -> list[str]:
+    """The step directories under ``root`` whose manifest exists but cannot be read."""
+    if not os.path.isdir(root):
+        return []
+    return [os.path.join(root, n) for n in sorted(os.listdir(root))
+            if n.startswith("step-") and os.path.exists(os.path.join(root, n, MANIFEST))
+            and _read_manifest(os.path.join(root, n, MANIFEST)) is None]
 
 
 def find(path: str, algorithm: str, world_size: int) -> tuple[str, dict]:
     """The checkpoint to resume from: ``path`` itself when it is a complete checkpoint, else the
     newest complete one under ``path`` or ``path/checkpoints``. Checks algorithm and world size."""
+    if not os.path.exists(path):
+        raise CheckpointError(f"--resume {path}: no such directory")
     if os.path.exists(os.path.join(path, MANIFEST)):
-        with open(os.path.join(path, MANIFEST)) as f:
-            try:
-                found = [(path, json.load(f))]
-            except ValueError:
-                raise CheckpointError(f"--resume {path}: corrupt {MANIFEST}") from None
+        manifest = _read_manifest(os.path.join(path, MANIFEST))
+        if manifest is None:
+            raise CheckpointError(f"--resume {path}: corrupt {MANIFEST}")
+        found = [(path, manifest)]
     else:
         found = list_complete(path) or list_complete(os.path.join(path, "checkpoints"))
     if not found:
-        raise CheckpointError(f"--resume {path}: no complete checkpoint there")
+        bad = _unreadable(path) + _unreadable(os.path.join(path, "checkpoints"))
+        raise CheckpointError(f"--resume {path}: no complete checkpoint there" + (
+            f" ({len(bad)} with an unreadable {MANIFEST}, e.g. {bad[-1]})" if bad else ""))
     d, m = found[-1]
     if m.get("algorithm") != algorithm:
         raise CheckpointError(f"--resume {d}: a checkpoint of {m.get('algorithm')}, not {algorithm}")
@@ -96,13 +118,38 @@ def find(path: str, algorithm: str, world_size: int) -> tuple[str, dict]:
     return d, m
 
 
+def restore(comm, load) -> None:
+    """Call ``load()``, which puts this rank's resumed state into the run's objects, on every rank
+    (collective). When it fails on any rank (a checkpoint of other settings: another --model,
+    --task, --image-size, ...), every rank raises CheckpointError with the first failure, so the
+    runtime ends the job with one line on rank 0 instead of a traceback."""
+    err = ""
+    try:
+        load()
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as e:
+        text = " ".join(ln.strip() for ln in str(e).splitlines()[:2] if ln.strip())
+        text = text if len(text) <= 160 else text[:157] + "..."
+        err = (f"--resume: the checkpoint does not fit this run's settings on rank {comm.rank} "
+               f"({type(e).__name__}: {text}); resume with the flags of the interrupted run")
+    errors = [e for e in comm.allgather_object(err) if e]
+    if errors:
+        raise CheckpointError(errors[0])
+
+
 def load_rank(d: str, rank: int, map_location="cpu") -> dict:
     """This rank's state from checkpoint directory ``d``."""
     path = os.path.join(d, f"rank{rank}.pt")
     try:
-        return torch.load(path, map_location=map_location, weights_only=False)
+        state = torch.load(path, map_location=map_location, weights_only=False)
     except FileNotFoundError:
         raise CheckpointError(f"--resume {d}: rank{rank}.pt is missing") from None
     except Exception as e:  # pickle/zip errors of a damaged file
         raise CheckpointError(f"--resume {d}: rank{rank}.pt is unreadable or corrupt "
                               f"({type(e).__name__})") from None
+    missing = sorted(RANK_KEYS - set(state)) if isinstance(state, dict) else sorted(RANK_KEYS)
+    if not missing and isinstance(state["rng"], dict):
+        missing = sorted(f"rng.{k}" for k in RNG_KEYS - set(state["rng"]))
+    if missing:
+        raise CheckpointError(f"--resume {d}: rank{rank}.pt is not a checkpoint of the mpidist "
+                              f"runtime (no {', '.join(missing)})")
+    return state

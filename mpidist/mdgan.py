@@ -40,19 +40,46 @@ Trace (per rank, HDF5): comm channels ``gen_batches`` (C -> W_n: X^(g) tag 11, X
 classifier's features), ``score_real``/``fid_real`` (the same for real images: the ceiling),
 ``live_workers`` (every iteration), ``crash`` (value = the stopped worker's rank, at the iteration
 its notice arrived); on workers ``loss_d``, ``loss_g``, ``swap_to``/``swap_from`` (peer ranks) and
-``crash`` (own rank, when it stops; its trace also gets the attribute ``crashed_at``).
+``crash`` (own rank, when it stops; its trace also gets the attribute ``crashed_at``). At the end
+every rank's trace gets the attribute ``params_sha256`` (its final parameters: w on the server, the
+theta_n it holds on a worker; FL-GAN and standalone: w and theta), rank 0 prints G's.
+
+Checkpoints (``--checkpoint-every C``, ``--resume DIR``, SIGUSR1; files as in mpidist.checkpoint):
+taken on every rank at the end of the same iteration, where no message is in flight (after the
+swap); an iteration is a step, so ``--checkpoint-every C`` saves after iterations C, 2C, ...
+(FL-GAN: at the end of the first round reaching each multiple of C, rounds being the only points
+where its ranks meet); a duration (``--checkpoint-every 15m``) saves at the first stop agreement
+(below) after it passed. A checkpoint holds, besides the RNG states and the clock: the server's G
+(w and its BatchNorm statistics), G's Adam state, the live workers and the scores so far; on each
+worker the D_n it holds now (after the swaps so far: swaps move theta, Adam's moments stay with the
+worker), its Adam state, its data position and whether it has stopped (emulated crash); FL-GAN: the
+server's averaged G and D, every worker's G, D, both Adam states and data position; standalone: G,
+D, both Adam states, data position, scores. The per-iteration draws (class codes, swap
+derangements, crash order) come from the shared seed by iteration number and need no state. Every
+rank also saves the run's settings (mode, k, b, L, E, learning rates, betas, architecture, latent
+size, losses, crash period T, data, seed); ``--resume`` with any of them changed is refused with
+one line, while -I, the score flags and the run flags may change. A stop signal (SIGUSR1 on any
+rank, or whatever else mpidist.runtime turns into one) is agreed every 10 iterations
+(STOP_AGREEMENT_ITERATIONS) and at every checkpoint (FL-GAN: every round) by one 8-byte allreduce
+on channel ``control``; then every rank saves that iteration and the job ends with status 0. A
+worker that stopped (emulated crash) still joins these agreements and checkpoints: they are the
+job's messages, not the algorithm's. A resumed run continues the trace (each iteration once) and
+ends with the same parameters as an uninterrupted run, bit for bit on CPU: resume with the same
+command plus ``--resume <run dir>``.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
+import signal
 import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import data, metrics, runtime
+from . import checkpoint, data, metrics, runtime
 from .comm import FlatParams, waitall
 from .errors import UsageError
 from .models import count_parameters
@@ -64,6 +91,7 @@ TAG_FL_W, TAG_FL_THETA = 21, 22
 # streams of the shared seed (every rank draws the same numbers from them)
 _LABEL_STREAM, _SWAP_STREAM, _CRASH_STREAM = 101, 102, 103
 _FOREVER = 1e9  # deadline of the final wait of a worker that stopped (it idles until the end)
+STOP_AGREEMENT_ITERATIONS = 10  # a stop signal (SIGUSR1) is agreed on every this many iterations
 
 
 # =============================================================================== pure rules
@@ -311,10 +339,130 @@ def check_world(args, world: int) -> str | None:
         return f"-k {args.k}: the server draws at most N = {n} batches (k <= N)"
     if args.crash_every is not None and args.mode != "mdgan":
         return "--crash-every is an MD-GAN experiment (Figure 3); use it with --mode mdgan"
-    if getattr(args, "checkpoint_every", 0) or getattr(args, "resume", None):
-        return ("mpidist.mdgan does not write or resume checkpoints yet (--checkpoint-every, "
-                "--resume)")
+    if getattr(args, "resume", None):
+        return resume_mismatch(args, world)
     return None
+
+
+# =============================================================================== checkpoints
+
+# the settings a checkpoint belongs to, with the flag that sets each (run_config)
+CONFIG_FLAGS = {"mode": "--mode", "k": "-k", "b": "-b", "L": "-L", "E": "-E", "lr_g": "--lr-g",
+                "lr_d": "--lr-d", "beta1": "--beta1", "beta2": "--beta2", "arch": "--arch",
+                "gan": "--gan", "latent": "--latent", "gen_loss": "--gen-loss",
+                "crash_every": "--crash-every (T)", "data": "--data",
+                "image_size": "--image-size", "seed": "--seed"}
+
+
+def crash_period(args, num_workers: int) -> int | None:
+    """T of ``--crash-every`` (without a value: I / N), or None without crashes."""
+    if args.crash_every is None:
+        return None
+    return args.crash_every or max(1, args.iterations // num_workers)
+
+
+def run_config(args, world: int) -> dict:
+    """The settings that a checkpoint continues (CONFIG_FLAGS): what the saved state means (the
+    networks, the optimizers) and what decides the schedule of the iterations after it (k, b, the
+    swap period E m / b, the crash period T, the shared seed's draws). -I is not among them."""
+    n = world - 1 if args.mode != "standalone" else 1
+    k = batches_per_iteration(args.k, n) if args.mode == "mdgan" else 1
+    return {"mode": args.mode, "k": k, "b": args.batch_size, "L": args.L, "E": args.E,
+            "lr_g": args.lr_g, "lr_d": args.lr_d, "beta1": args.beta1, "beta2": args.beta2,
+            "arch": args.arch, "gan": args.gan, "latent": args.latent, "gen_loss": args.gen_loss,
+            "crash_every": crash_period(args, n), "data": args.data,
+            "image_size": args.image_size, "seed": args.seed}
+
+
+def config_mismatch(saved: dict, now: dict) -> str | None:
+    """One line naming the settings in which a run differs from the checkpoint it resumes, or
+    None when it continues the same run."""
+    diff = [f"{CONFIG_FLAGS.get(key, key)} {saved.get(key)} -> {now.get(key)}"
+            for key in CONFIG_FLAGS if saved.get(key) != now.get(key)]
+    if not diff:
+        return None
+    return ("a resumed run must continue the run of the checkpoint, but this one changes "
+            + ", ".join(diff) + " (only -I, the score flags and the run flags may change)")
+
+
+def resume_mismatch(args, world: int) -> str | None:
+    """--resume: refuse (one line, before anything starts) a checkpoint of other settings or of an
+    iteration past -I. A checkpoint that cannot be read is left to the runtime to report."""
+    try:
+        d, manifest = checkpoint.find(args.resume, "mdgan", world)
+        saved = checkpoint.load_rank(d, 0)["algorithm"]["config"]
+        msg = config_mismatch(saved, run_config(args, world))
+    except Exception:  # noqa: BLE001 - unreadable or not ours: the runtime's checks say which
+        return None
+    if msg:
+        return f"--resume {d}: {msg}"
+    if manifest["step"] > args.iterations:
+        return (f"--resume {d}: the checkpoint is of iteration {manifest['step']}, past -I "
+                f"{args.iterations}")
+    return None
+
+
+def params_sha256(*modules) -> str:
+    """sha256 of the modules' parameters (their bytes, in order): equal runs, equal digests."""
+    h = hashlib.sha256()
+    for m in modules:
+        for p in m.parameters():
+            h.update(p.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+class Checkpoints:
+    """``--checkpoint-every``, ``--resume`` and the stop signal for every mode. Call it at the end
+    of an iteration (FL-GAN: of a round) on every rank, where no message is in flight, and before
+    ``run.step_done``: it agrees on a stop signal (one 8-byte max-allreduce on channel ``control``)
+    every ``agree_every`` iterations and whenever a checkpoint is due, saves every rank's state when
+    due or stopping, and returns True when the job must stop."""
+
+    def __init__(self, run, agree_every: int = STOP_AGREEMENT_ITERATIONS):
+        self.run, self.agree_every = run, agree_every
+        self.every = run.args.checkpoint_every
+        self.saved = run.resumed_state                # this rank's state, or None
+        if self.saved is not None and not (isinstance(self.saved, dict)
+                                           and {"config", "rng"} <= set(self.saved)):
+            raise UsageError(f"--resume {run.args.resume}: rank {run.rank}'s file is not a "
+                             "checkpoint of mpidist.mdgan (no MD-GAN state in it)")
+        self.first = max(1, run.start_step)           # the first iteration to run
+        self.last = self.first - 1                    # the iteration of the last checkpoint
+        self.config = run_config(run.args, run.world_size)
+
+    def restore_rng(self) -> None:
+        """After a resume, once everything is built (building draws from the RNGs): the RNG
+        states of the checkpoint, so that the next iteration draws what it drew in the
+        uninterrupted run."""
+        if self.saved is not None:
+            self.run.set_rng_state(self.saved["rng"])
+
+    def __call__(self, i: int, state_fn, timeout: float | None = None) -> bool:
+        run = self.run
+        total = run.args.iterations
+        due = bool(self.every) and i // self.every > self.last // self.every
+        code = 0
+        if due or (i % self.agree_every == 0 and i < total):
+            # the runtime's code: 2 x the signal's number, + 1 when this rank's --checkpoint-every
+            # duration has passed (runtimes without durations: the signal alone)
+            mine = run.stop_code() if hasattr(run, "stop_code") else 2.0 * run.stop_signal
+            flag = torch.tensor([float(mine)], dtype=torch.float64)
+            code = int(run.comm.iallreduce(flag, "max", "control").wait(timeout)[0])
+        agreed = code // 2                   # the stop signal's number, 0 for none
+        stop = agreed > 0 and i < total      # a signal during the last iteration: just finish
+        if due or stop or code % 2:
+            run.save_checkpoint(i, {"config": self.config, "rng": run.rng_state(), **state_fn()})
+            run.trace.flush()  # the checkpoint's own rows too, should the job be killed next
+            self.last = i
+        if stop:
+            run.stopped = True
+            try:
+                name = signal.Signals(agreed).name
+            except ValueError:
+                name = f"signal {agreed}"
+            run.say(f"{name}: every rank stopped after iteration {i}, checkpoint saved in "
+                    f"{run.ckpt_root}; resume with the same command and --resume {run.run_dir}")
+        return stop
 
 
 class Setup:
@@ -340,8 +488,7 @@ class Setup:
                              f"{self.N} data shares ({self.train.name})")
         self.crashes = []
         if a.crash_every is not None:
-            every = a.crash_every or max(1, a.iterations // self.N)
-            self.crashes = crash_schedule(self.N, a.iterations, every, a.seed)
+            self.crashes = crash_schedule(self.N, a.iterations, crash_period(a, self.N), a.seed)
         self.score_every = a.score_every or max(1, a.iterations // 20)
         self.device = run.device
 
@@ -510,6 +657,17 @@ class MDGANServer:
                      for n in sorted(self.live)])
         return stopped
 
+    def state_dict(self) -> dict:
+        """The server's part of a checkpoint (at the end of an iteration): G (w and its BatchNorm
+        statistics), G's Adam state and the live workers."""
+        return {"G": self.G.state_dict(), "opt": self.opt.state_dict(),
+                "live": sorted(self.live)}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.G.load_state_dict(s["G"])  # copies into the parameters: FlatParams' views stay
+        self.opt.load_state_dict(s["opt"])
+        self.live = set(int(n) for n in s["live"])
+
     def finish(self) -> None:
         """Live workers never send a notice: withdraw those receives."""
         for n in self.workers:
@@ -569,6 +727,20 @@ class MDGANWorker:
         self.crash_at = {w: t for t, w in setup.crashes}.get(n)
         self.saturating = a.gen_loss == "saturating"
         self.per_swap = a.E * iterations_per_epoch(setup.m, self.b)
+        self.stopped = False  # set by the emulated crash
+
+    def state_dict(self) -> dict:
+        """The worker's part of a checkpoint (at the end of an iteration, after any swap): the
+        D_n it holds now, its Adam state (which stays with the worker across swaps), its data
+        position and whether it has stopped."""
+        return {"D": self.D.state_dict(), "opt": self.opt.state_dict(),
+                "shard": self.shard.state_dict(), "stopped": self.stopped}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.D.load_state_dict(s["D"])  # copies into the parameters: FlatParams' views stay
+        self.opt.load_state_dict(s["opt"])
+        self.shard.load_state_dict(s["shard"])
+        self.stopped = bool(s["stopped"])
 
     def iteration(self, i: int) -> bool:
         """One global iteration; False once this worker has stopped (emulated crash)."""
@@ -585,6 +757,7 @@ class MDGANWorker:
             run.trace.set_attrs(crashed_at=i)
             run.log.info(f"emulated fail-stop crash at iteration {i}: notice sent, sending "
                          "nothing more")
+            self.stopped = True
             return False
         y_g = fake_labels(a.seed, i, self.g_idx, b, nc).to(dev) if nc else None
         y_d = fake_labels(a.seed, i, self.d_idx, b, nc).to(dev) if nc else None
@@ -634,7 +807,8 @@ def shared_discriminator(setup: Setup):
         return setup.models()[1]
 
 
-def mdgan_server(setup: Setup, run, G, scoring: "Scoring") -> None:
+def mdgan_server(setup: Setup, run, G, scoring: "Scoring", ckpt: Checkpoints) -> list:
+    """Algorithm 1's server loop; returns the modules of its result (G)."""
     a = setup.args
     server = MDGANServer(setup, run, G)
     k, b = setup.k, setup.b
@@ -647,8 +821,13 @@ def mdgan_server(setup: Setup, run, G, scoring: "Scoring") -> None:
     if setup.crashes:
         run.say("crash schedule (iteration: worker rank): "
                 + ", ".join(f"{t}: {w}" for t, w in setup.crashes))
-    run.comm.step = 1
-    for i in range(1, a.iterations + 1):
+    if ckpt.saved is not None:
+        server.load_state_dict(ckpt.saved["server"])
+        scoring.history = list(ckpt.saved["history"])
+    ckpt.restore_rng()
+    run.comm.step = ckpt.first
+    state = lambda: {"server": server.state_dict(), "history": list(scoring.history)}  # noqa: E731
+    for i in range(ckpt.first, a.iterations + 1):
         server.iteration(i)
         live = len(server.live)
         if i % setup.score_every == 0 or i == a.iterations:
@@ -656,19 +835,31 @@ def mdgan_server(setup: Setup, run, G, scoring: "Scoring") -> None:
             run.progress(i, a.iterations, force=True, score=s["score"], fid=s["fid"], live=live)
         else:
             run.progress(i, a.iterations, live=live)
+        stop = ckpt(i, state)
         run.step_done(i)
+        if stop:
+            break
     server.finish()
+    return [G]
 
 
-def mdgan_worker(setup: Setup, run) -> bool:
-    """Returns whether this worker stopped (an emulated crash) before the end."""
+def mdgan_worker(setup: Setup, run, ckpt: Checkpoints) -> MDGANWorker:
+    """Algorithm 1's worker loop. A worker that stopped (emulated crash) sends nothing more but
+    still joins the job's stop agreements and checkpoints (without a deadline: it idles)."""
     worker = MDGANWorker(setup, run)
-    run.comm.step = 1
-    for i in range(1, setup.args.iterations + 1):
-        if not worker.iteration(i):
-            return True
+    if ckpt.saved is not None:
+        worker.load_state_dict(ckpt.saved["worker"])
+    ckpt.restore_rng()
+    run.comm.step = ckpt.first
+    state = lambda: {"worker": worker.state_dict()}  # noqa: E731
+    for i in range(ckpt.first, setup.args.iterations + 1):
+        if not worker.stopped:
+            worker.iteration(i)
+        stop = ckpt(i, state, timeout=_FOREVER if worker.stopped else None)
         run.step_done(i)
-    return False
+        if stop:
+            break
+    return worker
 
 
 # =============================================================================== FL-GAN, standalone
@@ -704,10 +895,11 @@ def flgan_rounds(setup: Setup) -> list[int]:
             for r in range(1, -(-setup.args.iterations // per) + 1)]
 
 
-def flgan_server(setup: Setup, run, G, scoring: Scoring) -> None:
+def flgan_server(setup: Setup, run, G, scoring: Scoring, ckpt: Checkpoints) -> list:
     """FL-GAN's server: sends (w, theta) to every worker, receives their trained (w_n, theta_n)
     after E local epochs and averages both (federated averaging of G and D). A round lasts E local
-    epochs, so its wait has no practical deadline (a dead worker ends the job via the launcher)."""
+    epochs, so its wait has no practical deadline (a dead worker ends the job via the launcher).
+    The trace stamps a round's messages with the iteration that ends it. Returns [G, D]."""
     a, comm, dev = setup.args, run.comm, setup.device
     _, D = setup.models()
     fpG, fpD = FlatParams(G), FlatParams(D)
@@ -718,11 +910,18 @@ def flgan_server(setup: Setup, run, G, scoring: Scoring) -> None:
             f"epochs per round ({ends[0]} iterations), {len(ends)} rounds, I = {a.iterations}, "
             f"{a.gan} on {setup.train.name} {setup.shape}",
             gan_models.describe_pair(a.arch, G, D), f"scores: {scoring.what}")
+    if ckpt.saved is not None:
+        G.load_state_dict(ckpt.saved["G"])
+        D.load_state_dict(ckpt.saved["D"])
+        scoring.history = list(ckpt.saved["history"])
+    ckpt.restore_rng()
     w_in = torch.empty(N, fpG.numel, device=dev)
     t_in = torch.empty(N, fpD.numel, device=dev)
-    prev = 0
-    for r, end in enumerate(ends, 1):
-        comm.step = r
+    prev = ckpt.first - 1
+    state = lambda: {"G": G.state_dict(), "D": D.state_dict(),  # noqa: E731
+                     "history": list(scoring.history)}
+    for end in [e for e in ends if e > prev]:
+        comm.step = end
         hs = []
         for n in workers:
             hs += [comm.isend(fpG.params, n, TAG_FL_W, "fl_params", snapshot=False),
@@ -737,19 +936,35 @@ def flgan_server(setup: Setup, run, G, scoring: Scoring) -> None:
             s = scoring(end, N)
             run.progress(end, a.iterations, force=True, score=s["score"], fid=s["fid"])
         prev = end
-        run.step_done(r)
+        stop = ckpt(end, state)
+        run.step_done(end)
+        if stop:
+            break
+    return [G, D]
 
 
-def flgan_worker(setup: Setup, run) -> None:
+def flgan_worker(setup: Setup, run, ckpt: Checkpoints) -> list:
+    """FL-GAN's worker: E local epochs of a classical GAN per round between the server's
+    averagings. Returns [G, D] (its own, as last sent)."""
     a, comm = setup.args, run.comm
     G, D = setup.models()
     fpG, fpD = FlatParams(G), FlatParams(D)
     opt_g, opt_d = setup.adam(G, a.lr_g), setup.adam(D, a.lr_d)
     shard = setup.shard(run.rank - 1, setup.N)
     saturating = a.gen_loss == "saturating"
-    i = 0
-    for r, end in enumerate(flgan_rounds(setup), 1):
-        comm.step = r
+    if ckpt.saved is not None:  # G and D come from the server at the next round; their
+        G.load_state_dict(ckpt.saved["G"])  # BatchNorm statistics stay with the worker
+        D.load_state_dict(ckpt.saved["D"])
+        opt_g.load_state_dict(ckpt.saved["opt_g"])
+        opt_d.load_state_dict(ckpt.saved["opt_d"])
+        shard.load_state_dict(ckpt.saved["shard"])
+    ckpt.restore_rng()
+    i = ckpt.first - 1
+    state = lambda: {"G": G.state_dict(), "D": D.state_dict(),  # noqa: E731
+                     "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
+                     "shard": shard.state_dict()}
+    for end in [e for e in flgan_rounds(setup) if e > i]:
+        comm.step = end
         waitall([comm.irecv(fpG.params, 0, TAG_FL_W, "fl_params"),
                  comm.irecv(fpD.params, 0, TAG_FL_THETA, "fl_params")], timeout=_FOREVER)
         while i < end:
@@ -761,11 +976,15 @@ def flgan_worker(setup: Setup, run) -> None:
             run.metric(i, "loss_g", lg)
         waitall([comm.isend(fpG.params, 0, TAG_FL_W, "fl_params", snapshot=False),
                  comm.isend(fpD.params, 0, TAG_FL_THETA, "fl_params", snapshot=False)])
-        run.step_done(r)
+        stop = ckpt(end, state)
+        run.step_done(end)
+        if stop:
+            break
+    return [G, D]
 
 
-def standalone(setup: Setup, run, G, scoring: Scoring) -> None:
-    """standalone-GAN: the same G and D trained in one process on all the data."""
+def standalone(setup: Setup, run, G, scoring: Scoring, ckpt: Checkpoints) -> list:
+    """standalone-GAN: the same G and D trained in one process on all the data. Returns [G, D]."""
     a = setup.args
     _, D = setup.models()
     opt_g, opt_d = setup.adam(G, a.lr_g), setup.adam(D, a.lr_d)
@@ -774,7 +993,16 @@ def standalone(setup: Setup, run, G, scoring: Scoring) -> None:
             f"{setup.train.name} {setup.shape} ({len(setup.train)} samples)",
             gan_models.describe_pair(a.arch, G, D), f"scores: {scoring.what}")
     saturating = a.gen_loss == "saturating"
-    for i in range(1, a.iterations + 1):
+    if ckpt.saved is not None:
+        for module, key in ((G, "G"), (D, "D"), (opt_g, "opt_g"), (opt_d, "opt_d"),
+                            (shard, "shard")):
+            module.load_state_dict(ckpt.saved[key])
+        scoring.history = list(ckpt.saved["history"])
+    ckpt.restore_rng()
+    state = lambda: {"G": G.state_dict(), "D": D.state_dict(),  # noqa: E731
+                     "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
+                     "shard": shard.state_dict(), "history": list(scoring.history)}
+    for i in range(ckpt.first, a.iterations + 1):
         x_r, y_r = shard.next()
         ld, lg = local_iteration(G, D, opt_g, opt_d, x_r, y_r, setup.num_classes, a.L,
                                  saturating)
@@ -783,7 +1011,11 @@ def standalone(setup: Setup, run, G, scoring: Scoring) -> None:
         if i % setup.score_every == 0 or i == a.iterations:
             s = scoring(i)
             run.progress(i, a.iterations, force=True, score=s["score"], fid=s["fid"])
+        stop = ckpt(i, state)
         run.step_done(i)
+        if stop:
+            break
+    return [G, D]
 
 
 # =============================================================================== main
@@ -794,32 +1026,41 @@ def main(argv=None) -> None:
         run.trace.set_attrs(pid=os.getpid())
         setup = Setup(run)
         a = run.args
+        ckpt = Checkpoints(run)
         if run.rank == 0:  # G, and the scores (the scoring classifier may be trained first)
             G, _ = setup.models()
             scoring = Scoring(setup, G)
-            run.metric(0, "score_real", scoring.real["score"])
-            run.metric(0, "fid_real", scoring.real["fid"])
+            if ckpt.saved is None:  # a resumed trace has them already
+                run.metric(0, "score_real", scoring.real["score"])
+                run.metric(0, "fid_real", scoring.real["fid"])
         run.comm.barrier(timeout=_FOREVER)
         t0 = time.monotonic()
-        stopped = False
+        crashed = False
         if a.mode == "standalone":
-            standalone(setup, run, G, scoring)
+            result = standalone(setup, run, G, scoring, ckpt)
         elif run.rank == 0:
-            (mdgan_server if a.mode == "mdgan" else flgan_server)(setup, run, G, scoring)
+            result = (mdgan_server if a.mode == "mdgan" else flgan_server)(setup, run, G, scoring,
+                                                                          ckpt)
         elif a.mode == "mdgan":
-            stopped = mdgan_worker(setup, run)
+            worker = mdgan_worker(setup, run, ckpt)
+            result, crashed = [worker.D], worker.stopped
         else:
-            flgan_worker(setup, run)
-        if run.rank == 0:
+            result = flgan_worker(setup, run, ckpt)
+        digest = params_sha256(*result)
+        run.trace.set_attrs(params_sha256=digest)
+        if run.rank == 0 and not run.stopped:
             png = scoring.save_grid(os.path.join(run.run_dir, "samples.png"))
             live = scoring.history[-1][3] if scoring.history else -1
+            since = "since the resume, " if ckpt.saved is not None else ""
             run.say(*scoring.summary(f"{a.mode}: scores of G over iterations "
-                                     f"(wall {time.monotonic() - t0:.1f} s)"),
+                                     f"({since}wall {time.monotonic() - t0:.1f} s)"),
                     *([f"live workers at the end: {live} of {setup.N}"]
                       if a.mode == "mdgan" else []),
+                    f"final parameters ({'w' if a.mode == 'mdgan' else 'w and theta'}): "
+                    f"sha256 {digest[:16]}",
                     f"samples: {png}")
         # a stopped worker idles here until the others finish; everyone meets before closing
-        run.comm.barrier(timeout=_FOREVER if stopped else None)
+        run.comm.barrier(timeout=_FOREVER if crashed else None)
 
 
 if __name__ == "__main__":

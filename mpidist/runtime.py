@@ -377,6 +377,7 @@ class Run:
             checkpoint.complete(self.ckpt_root, step, self.algorithm, self.world_size)
         self.comm.barrier()
         self.metric(step, "checkpoint", step)
+        self.trace.flush()  # the checkpoint's row too: a kill right after keeps it
         self._next_timed_checkpoint = self.comm.clock() + self.args.checkpoint_seconds
 
     def _on_signal(self, signum, frame) -> None:

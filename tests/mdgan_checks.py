@@ -1,6 +1,7 @@
 """Multi-rank checks of mpidist.mdgan in ONE launch (tests/test_mdgan.py runs it):
 
     timeout 420 mpiexec -n 4 python tests/mdgan_checks.py <scratch dir>
+    timeout 240 mpiexec -n 1 python tests/mdgan_checks.py <scratch dir> --standalone
 
 Rank 0 prints one ``PASS <name> ...`` or ``FAIL <name> ...`` line per check:
 
@@ -11,12 +12,20 @@ Rank 0 prints one ``PASS <name> ...`` or ``FAIL <name> ...`` line per check:
   its trace against Table III per iteration (server -> worker 2 b d values, worker -> server b d,
   each swap |theta|), every swap a derangement of the live workers (never via the server), the
   expected live workers at the end, the crash rows and the sample grid;
-- an FL-GAN run: |theta| + |w| each way per worker and round.
+- an FL-GAN run: |theta| + |w| each way per worker and round;
+- checkpoints: an MD-GAN run (k = 2, swaps, a crash, --checkpoint-every 4) stopped by a real
+  SIGUSR1 on the crashed worker and resumed ends with bitwise the parameters of the uninterrupted
+  run on every rank, its trace holding every iteration once; the same for FL-GAN (stopped at a
+  round end); resuming with another -k, or past -I, is refused with one line;
+- ``--standalone`` (one rank): a standalone run, and the same stop/resume check for it.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import os
+import signal
 import sys
 
 import numpy as np
@@ -168,8 +177,8 @@ def check_mdgan_run() -> None:
         ls, _, _ = r.metric("loss_d")
         ok &= int(r.attrs.get("crashed_at", -1)) == it and int(ls.max()) == it - 1
         ok &= r.attrs.get("status") == "ok"
-        ok &= len(r.comm[r.comm["step"] > it]) == 0  # sends nothing more (the final barrier is
-        # not stamped with a later step since the worker stopped calling step_done)
+        algo = ~np.isin(r.comm["channel"], [b"control", b"barrier"])  # not the job's own rows
+        ok &= len(r.comm[algo & (r.comm["step"] > it)]) == 0  # sends nothing more
     report(0, "crash_trace", ok, "crashed workers: attribute crashed_at, no rows after it")
     report(0, "samples_png", os.path.getsize(os.path.join(d, "samples.png")) > 1000)
 
@@ -194,12 +203,178 @@ def check_flgan_run() -> None:
             per = {n: int(x["nbytes"][x["peer"] == n].sum()) for n in range(1, N + 1)}
             ok &= per == {n: c3["server_to_worker"] for n in range(1, N + 1)}
             per_round.append(per[1])
-    ok &= rounds == [1, 2, 3]  # rounds end at iterations 14, 28, 30
+    ok &= rounds == [14, 28, 30]  # a round's rows carry the iteration that ends it
     report(0, "flgan_table3", ok, f"{c3['server_to_worker']} B = (|theta| + |w|) x 4 each way "
            f"per worker and round; rounds {rounds}")
 
 
+# ------------------------------------------------------------------ checkpoints and resume
+
+ALGO_CHANNELS = [b"gen_batches", b"feedback", b"crash_notice", b"membership", b"swap",
+                 b"fl_params"]
+
+
+@contextlib.contextmanager
+def signal_after(step: int, rank: int):
+    """A real SIGUSR1 to rank ``rank`` (from itself) right after its ``run.step_done(step)``."""
+    orig = runtime.Run.step_done
+
+    def step_done(self, s):
+        orig(self, s)
+        if s == step and self.rank == rank:
+            os.kill(os.getpid(), signal.SIGUSR1)
+    runtime.Run.step_done = step_done
+    try:
+        yield
+    finally:
+        runtime.Run.step_done = orig
+
+
+def _algo_rows(r):
+    c = r.comm[np.isin(r.comm["channel"], ALGO_CHANNELS)]
+    return sorted(zip(c["step"].tolist(), c["op"].tolist(), c["peer"].tolist(),
+                      c["tag"].tolist(), c["channel"].tolist(), c["nbytes"].tolist()))
+
+
+def compare_resumed(full_dir, resumed_dir, metrics_per_rank, every_once) -> tuple[bool, str]:
+    """The resumed run against the uninterrupted one: the same params_sha256 on every rank, the
+    same metric rows (steps and values, bit for bit), the same messages of the algorithm, and
+    every step of ``every_once`` (rank 0's live_workers / loss) once."""
+    full, res = trace.read_run(full_dir), trace.read_run(resumed_dir)
+    bad = []
+    for a, b in zip(full.ranks, res.ranks):
+        if a.attrs.get("params_sha256") != b.attrs.get("params_sha256"):
+            bad.append(f"rank {a.rank}: params sha256 {a.attrs.get('params_sha256', '')[:12]} vs "
+                       f"{b.attrs.get('params_sha256', '')[:12]}")
+        for name in metrics_per_rank(a.rank):
+            sa, _, va = a.metric(name)
+            sb, _, vb = b.metric(name)
+            if not (np.array_equal(sa, sb) and np.array_equal(va, vb)):
+                bad.append(f"rank {a.rank}: metric {name} differs ({len(sa)} vs {len(sb)} rows)")
+        if _algo_rows(a) != _algo_rows(b):
+            bad.append(f"rank {a.rank}: messages differ")
+        if b.attrs.get("status") != "ok":
+            bad.append(f"rank {a.rank}: status {b.attrs.get('status')}")
+    name, steps = every_once
+    got = res.ranks[0].metric(name)[0].tolist()
+    if got != steps:
+        bad.append(f"rank 0 {name} at steps {got}, expected {steps} once each")
+    return not bad, "; ".join(bad[:6])
+
+
+def check_resume_mdgan() -> None:
+    """MD-GAN, N = 3, k = 2, b = 64 (a swap every 7 iterations), a crash at iteration 9,
+    --checkpoint-every 4: a SIGUSR1 to the crashed worker after iteration 10 is agreed at the
+    checkpoint of iteration 12, every rank saves and the job stops; resumed, it ends as the
+    uninterrupted run."""
+    from mpi4py import MPI
+    rank = MPI.COMM_WORLD.Get_rank()
+    I, every = 16, 9
+    crashed = mdgan.crash_schedule(N, I, every, seed=0)[0][1]
+
+    def argv(iterations=I, k=2):
+        return ["-I", str(iterations), "-k", str(k), "-b", "64", "--crash-every", str(every),
+                "--score-every", "8", "--checkpoint-every", "4", "--quiet"]
+    common = argv()
+    full, part = os.path.join(OUT, "ck_full"), os.path.join(OUT, "ck_part")
+    mdgan.main(common + ["--trace-dir", full])
+    with signal_after(10, crashed):
+        mdgan.main(common + ["--trace-dir", part])
+    if rank == 0:
+        t = trace.read_run(part)
+        status = {r.attrs.get("status") for r in t.ranks}
+        ck = sorted(os.listdir(os.path.join(part, "checkpoints")))
+        ok = (status == {"stopped by signal"} and ck == ["step-000000008", "step-000000012"]
+              and t.ranks[0].metric("live_workers")[0].max() == 12)
+        report(0, "mdgan_signal_stops_at_a_checkpoint", ok,
+               f"SIGUSR1 on crashed worker {crashed} after it. 10: status {status}, "
+               f"checkpoints {ck}")
+    MPI.COMM_WORLD.Barrier()  # rank 0 has read the files before the resumed run reopens them
+    mdgan.main(common + ["--trace-dir", part, "--resume", part])
+    if rank == 0:
+        ok, detail = compare_resumed(
+            full, part, lambda r: (["live_workers", "score", "fid", "crash"] if r == 0
+                                   else ["loss_d", "loss_g", "swap_to", "swap_from", "crash"]),
+            ("live_workers", list(range(1, I + 1))))
+        t = trace.read_run(part)
+        ck = [list(r.metric("checkpoint")[0]) for r in t.ranks]
+        ok &= all(c == [4, 8, 12, 16] for c in ck)
+        swaps = sorted(set(np.concatenate([r.metric("swap_to")[0] for r in t.ranks[1:]])))
+        ok &= swaps == [7, 14]
+        report(0, "mdgan_resume_bitwise", ok,
+               f"{detail}; checkpoints {[int(x) for x in ck[0]]}, swaps at "
+               f"{[int(x) for x in swaps]}, params sha256 "
+               f"{t.ranks[0].attrs.get('params_sha256', '')[:12]}")
+    # another -k, or a checkpoint past -I: refused with one line, nothing started
+    for key, other, want in (("k", argv(k=1), "-k 2 -> 1"), ("I", argv(iterations=8),
+                                                               "past -I 8")):
+        err, code = io.StringIO(), None
+        with contextlib.redirect_stderr(err):
+            try:
+                mdgan.main(other + ["--trace-dir", os.path.join(OUT, f"refused_{key}"),
+                                    "--resume", part])
+            except SystemExit as e:
+                code = e.code
+        lines = [ln for ln in err.getvalue().splitlines() if ln.strip()]
+        ok = code == 2 and not os.path.exists(os.path.join(OUT, f"refused_{key}", "rank0.h5"))
+        if rank == 0:
+            ok &= len(lines) == 1 and want in lines[0]
+        report(rank, f"mdgan_resume_refuses_other_{key}", ok, lines[0] if lines else f"exit {code}")
+
+
+def check_resume_flgan() -> None:
+    """FL-GAN, rounds ending at iterations 14, 28, 40, --checkpoint-every 10 (so at every round
+    end): a SIGUSR1 to worker 2 after round 1 is agreed at the end of round 2; resumed, the run
+    ends as the uninterrupted one."""
+    from mpi4py import MPI
+    rank = MPI.COMM_WORLD.Get_rank()
+    common = ["--mode", "flgan", "-I", "40", "-b", str(B), "--score-every", "14",
+              "--checkpoint-every", "10", "--quiet"]
+    full, part = os.path.join(OUT, "fl_full"), os.path.join(OUT, "fl_part")
+    mdgan.main(common + ["--trace-dir", full])
+    with signal_after(14, 2):
+        mdgan.main(common + ["--trace-dir", part])
+    stopped = None
+    if rank == 0:
+        t = trace.read_run(part)
+        stopped = ({r.attrs.get("status") for r in t.ranks},
+                   sorted(os.listdir(os.path.join(part, "checkpoints"))))
+    MPI.COMM_WORLD.Barrier()  # rank 0 has read the files before the resumed run reopens them
+    mdgan.main(common + ["--trace-dir", part, "--resume", part])
+    if rank == 0:
+        ok, detail = compare_resumed(
+            full, part, lambda r: ["live_workers", "score", "fid"] if r == 0
+            else ["loss_d", "loss_g"], ("live_workers", [14, 28, 40]))
+        t = trace.read_run(part)
+        ok &= all(list(r.metric("checkpoint")[0]) == [14, 28, 40] for r in t.ranks)
+        ok &= stopped == ({"stopped by signal"}, ["step-000000014", "step-000000028"])
+        report(0, "flgan_resume_bitwise", ok, f"{detail}; stopped run {stopped}")
+
+
+def check_standalone() -> None:
+    """One rank: a standalone run (printed for the pytest side), and its stop/resume."""
+    common = ["--mode", "standalone", "-I", "20", "--score-every", "10", "--checkpoint-every",
+              "5"]
+    full, part = os.path.join(OUT, "sa"), os.path.join(OUT, "sa_part")
+    mdgan.main(common + ["--trace-dir", full])
+    with signal_after(7, 0):
+        mdgan.main(common + ["--trace-dir", part, "--quiet"])
+    t = trace.read_run(part)
+    stopped = (t.ranks[0].attrs.get("status"), sorted(os.listdir(os.path.join(part,
+                                                                               "checkpoints"))))
+    mdgan.main(common + ["--trace-dir", part, "--resume", part, "--quiet"])
+    ok, detail = compare_resumed(full, part, lambda r: ["loss_d", "loss_g", "score", "fid"],
+                                 ("loss_d", list(range(1, 21))))
+    ok &= stopped == ("stopped by signal", ["step-000000005", "step-000000010"])
+    report(0, "standalone_resume_bitwise", ok, f"{detail}; stopped run {stopped}")
+
+
 if __name__ == "__main__":
-    check_feedback_exact()
-    check_mdgan_run()
-    check_flgan_run()
+    if "--standalone" in sys.argv:
+        check_standalone()
+    else:
+        check_feedback_exact()
+        check_mdgan_run()
+        check_flgan_run()
+        check_resume_mdgan()
+        check_resume_flgan()

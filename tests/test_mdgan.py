@@ -3,8 +3,9 @@ feedback, the GAN scores, and multi-rank runs checked against Table III through 
 
 Multi-rank launches (each costs seconds of start-up on 2 cores): one ``tests/mdgan_checks.py``
 under ``mpiexec -n 4`` (feedback exactness through MPI, an MD-GAN run with crashes and an FL-GAN
-run checked against Table III), one real SIGKILL of a worker under ``-n 3``, and two one-rank
-launches (standalone mode, a usage error).
+run checked against Table III, checkpoint/stop/resume of both, bit for bit), one real SIGKILL of a
+worker under ``-n 3``, and two one-rank launches (standalone mode with its stop/resume, a usage
+error).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from mpidist import mdgan, metrics, trace
+from mpidist import checkpoint, mdgan, metrics, trace
 from mpidist.models import count_parameters
 from mpidist.models import gan as gan_models
 
@@ -296,6 +297,70 @@ def test_gan_scorer_ranks_real_above_noise():
     assert real["score"] > noise["score"] and real["fid"] < noise["fid"]
 
 
+# ------------------------------------------------------------------------ checkpoint settings
+
+def _args(*argv):
+    return mdgan.build_parser().parse_args(list(argv))
+
+
+def test_run_config_resolves_k_and_the_crash_period():
+    c = mdgan.run_config(_args("-k", "log2", "-I", "100", "--crash-every"), world=5)
+    assert c["k"] == 2 and c["crash_every"] == 25 and c["mode"] == "mdgan"  # floor(log2 4), I/N
+    assert mdgan.run_config(_args("-k", "2"), 5)["crash_every"] is None
+    assert mdgan.run_config(_args("--mode", "flgan", "-k", "3"), 5)["k"] == 1  # no k in FL-GAN
+    assert mdgan.run_config(_args("--mode", "standalone"), 1)["k"] == 1
+
+
+def test_config_mismatch_allows_only_iterations_and_run_flags():
+    base = mdgan.run_config(_args("-k", "2", "-I", "40", "--crash-every", "10"), 4)
+    same = mdgan.run_config(_args("-k", "2", "-I", "400", "--crash-every", "10", "--score-every",
+                                  "7", "--checkpoint-every", "5", "--seed", "0"), 4)
+    assert mdgan.config_mismatch(base, same) is None
+    msg = mdgan.config_mismatch(base, mdgan.run_config(_args("-k", "1", "-I", "40",
+                                                             "--crash-every", "10"), 4))
+    assert msg is not None and "-k 2 -> 1" in msg and "\n" not in msg
+    msg = mdgan.config_mismatch(base, mdgan.run_config(_args("--mode", "flgan", "-I", "40"), 4))
+    assert "--mode mdgan -> flgan" in msg and "--crash-every (T) 10 -> None" in msg
+    # T = I / N without a value: another -I is another crash schedule, refused
+    a = mdgan.run_config(_args("-I", "60", "--crash-every"), 4)
+    b = mdgan.run_config(_args("-I", "90", "--crash-every"), 4)
+    assert "--crash-every (T) 20 -> 30" in mdgan.config_mismatch(a, b)
+    for flag, val in (("-b", "16"), ("--lr-g", "0.01"), ("--seed", "3"), ("--arch", "mlp"),
+                      ("-E", "2"), ("--gan", "plain")):
+        other = mdgan.run_config(_args("-k", "2", "-I", "40", "--crash-every", "10", flag, val), 4)
+        assert mdgan.config_mismatch(base, other) is not None, flag
+
+
+def test_resume_mismatch_reads_the_checkpoint(tmp_path):
+    """--resume is checked against the settings saved in the checkpoint before anything starts;
+    a missing or corrupt checkpoint is left to the runtime's own message."""
+    root = str(tmp_path / "checkpoints")
+    saved = mdgan.run_config(_args("-k", "2", "-I", "40"), 4)
+    for r in range(4):
+        checkpoint.save_rank(root, 20, r, {"algorithm": {"config": saved}, "step": 20, "t": 1.0,
+                                           "rng": dict.fromkeys(checkpoint.RNG_KEYS)})
+    checkpoint.complete(root, 20, "mdgan", 4)
+    ok = _args("-k", "2", "-I", "60", "--resume", str(tmp_path))
+    assert mdgan.check_world(ok, 4) is None
+    msg = mdgan.check_world(_args("-k", "3", "-I", "60", "--resume", str(tmp_path)), 4)
+    assert msg.startswith("--resume ") and "-k 2 -> 3" in msg
+    msg = mdgan.check_world(_args("-k", "2", "-I", "10", "--resume", str(tmp_path)), 4)
+    assert "checkpoint is of iteration 20, past -I 10" in msg
+    # another world size, or nothing there: the runtime says so itself
+    assert mdgan.check_world(_args("-k", "2", "--resume", str(tmp_path)), 3) is None
+    assert mdgan.check_world(_args("--resume", str(tmp_path / "none")), 4) is None
+
+
+def test_params_sha256_sees_every_bit():
+    G, D = gan_models.build_pair("small", num_classes=10)
+    h = mdgan.params_sha256(G, D)
+    assert h == mdgan.params_sha256(G, D) and h != mdgan.params_sha256(D, G)
+    with torch.no_grad():
+        p = next(D.parameters())
+        p.view(-1)[0] = torch.nextafter(p.view(-1)[0], torch.tensor(float("inf")))
+    assert mdgan.params_sha256(G, D) != h
+
+
 # ------------------------------------------------------------------------ multi-rank runs
 
 def _parse_checks(out: str) -> dict:
@@ -318,22 +383,29 @@ def test_mpi_checks(tmp_path):
     expected = {"feedback_exact_mpi", "same_initial_discriminators", "mdgan_run_ok",
                 "table3_server_to_worker",
                 "table3_worker_to_server", "table3_swap", "swap_permutation",
-                "crash_live_workers", "crash_trace", "samples_png", "flgan_table3"}
+                "crash_live_workers", "crash_trace", "samples_png", "flgan_table3",
+                "mdgan_signal_stops_at_a_checkpoint", "mdgan_resume_bitwise",
+                "mdgan_resume_refuses_other_k", "mdgan_resume_refuses_other_I",
+                "flgan_resume_bitwise"}
     assert expected <= set(res), out
     failed = [line for status, line in res.values() if status == "FAIL"]
     assert not failed, "\n".join(failed) + "\n" + out
 
 
 def test_standalone_one_process(tmp_path):
+    """Standalone mode in one process (20 iterations, scores at 10 and 20), and the same run
+    stopped by SIGUSR1 at its checkpoint of iteration 10 and resumed: bitwise the same end."""
     d = tmp_path / "sa"
-    proc = run_mpi(1, ["-m", "mpidist.mdgan", "--mode", "standalone", "-I", "20",
-                       "--score-every", "10", "--trace-dir", str(d), "--quiet"], timeout=240)
+    proc = run_mpi(1, [os.path.join("tests", "mdgan_checks.py"), str(tmp_path), "--standalone"],
+                   timeout=240)
     out = check(proc)
     assert "standalone GAN" in out and f"trace: {d}" in out and "samples:" in out
     t = trace.read_run(str(d))
     steps, _, vals = t.ranks[0].metric("score")
     assert list(steps) == [10, 20] and np.all(vals >= 1)
     assert os.path.exists(d / "samples.png")
+    res = _parse_checks(out)
+    assert res.get("standalone_resume_bitwise", ("FAIL",))[0] == "PASS", out
 
 
 def test_mdgan_on_one_rank_is_a_usage_error(tmp_path):

@@ -190,6 +190,7 @@ def test_sigterm_without_agreement_ends_the_rank_after_the_grace(tmp_path):
     ("none", "no complete checkpoint"),
     ("world", "saved by 3 ranks, this run has 2"),
     ("corrupt", "rank1.pt is unreadable or corrupt"),
+    ("foreign", "rank1.pt is not a checkpoint of the mpidist runtime (no rng, t)"),
 ])
 def test_bad_resume_is_a_clear_error(tmp_path, damage, message):
     from mpidist import checkpoint
@@ -197,10 +198,13 @@ def test_bad_resume_is_a_clear_error(tmp_path, damage, message):
     if damage != "none":
         world = 3 if damage == "world" else 2
         for k in range(world):
-            checkpoint.save_rank(str(root), 5, k, {"x": 1})
+            checkpoint.save_rank(str(root), 5, k, {"algorithm": {}, "step": 5, "t": 1.0,
+                                                   "rng": dict.fromkeys(checkpoint.RNG_KEYS)})
         checkpoint.complete(str(root), 5, "toy", world)
         if damage == "corrupt":
             (root / "step-000000005" / "rank1.pt").write_bytes(b"garbage")
+        if damage == "foreign":  # a torch file, but not what the runtime saves
+            checkpoint.save_rank(str(root), 5, 1, {"algorithm": {}, "step": 5})
     else:
         root.mkdir(parents=True)
     proc = run_mpi(2, [TOY, "--resume", str(tmp_path / "r")], 60)
