@@ -56,8 +56,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import data, models, runtime
+from . import checkpoint, data, models, runtime
 from .comm import aligned_empty, flatten, trainable_tensors, unflatten
+from .errors import UsageError
 from .metrics import evaluate
 
 METHODS = ("sync", "pasgd", "adacomm")
@@ -869,7 +870,13 @@ def main(argv=None):
                             channels=train_ds.shape[0])
         if a.paper and run.world_size != 4:
             run.say(f"note: the paper used 4 workers; this run has {run.world_size}")
-        model = models.build(a.model, train_ds.shape, train_ds.num_classes, **dict(a.model_arg))
+        try:
+            model = models.build(a.model, train_ds.shape, train_ds.num_classes,
+                                 **dict(a.model_arg))
+        except (TypeError, ValueError, RuntimeError) as e:  # an unknown or impossible keyword
+            flags = " ".join([f"--model {a.model}"] + [f"--model-arg {k}={v}"
+                                                        for k, v in a.model_arg])
+            raise UsageError(f"{flags}: cannot build it ({e})") from None
         model.to(run.device).train()
         state = FlatState(model)
         # all workers start at the same x_1 (Eq. 1): rank 0's initial model
@@ -897,7 +904,8 @@ def main(argv=None):
         search_rows, search_s = [], 0.0
         resumed = run.resumed_state is not None
         if resumed:
-            trainer.load_state_dict(run.resumed_state)
+            # a checkpoint of another --model (or image size): one line, not a traceback
+            checkpoint.restore(run.comm, lambda: trainer.load_state_dict(run.resumed_state))
             run.comm.barrier()
         elif a.method == "adacomm" and a.tau0 == "auto":
             t_s = time.monotonic()

@@ -55,7 +55,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import data, metrics, models, runtime
+from . import checkpoint, data, metrics, models, runtime
 from .comm import FlatParams, flatten, unflatten, waitall
 from .errors import UsageError
 
@@ -570,11 +570,14 @@ def adapt_distributed(run, on_step=None, cache: dict | None = None, summary: boo
         first = 1
     else:                 # --resume: the networks as they were after step saved["n"]
         net = build_network(args, classes, dev)
-        net.load_state_dict(saved["net"])
         disc = build_discriminator(args, net.feature_dim, dev)
         fpD = FlatParams(disc)
-        fpD.params.copy_(saved["disc"])
-        fpD.grads.copy_(saved["disc_grads"])
+
+        def restore():  # a checkpoint of another --task/--image-size: one line, no traceback
+            net.load_state_dict(saved["net"])
+            fpD.params.copy_(saved["disc"])
+            fpD.grads.copy_(saved["disc_grads"])
+        checkpoint.restore(comm, restore)
         source_acc, init_bytes, first = saved["source_acc"], saved["init_bytes"], saved["n"] + 1
 
     if rank == 0:

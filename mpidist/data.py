@@ -15,6 +15,7 @@ seed.
 """
 from __future__ import annotations
 
+import argparse
 import gzip
 import os
 from dataclasses import dataclass
@@ -258,6 +259,17 @@ class Shard:
         self._order = self._shuffle()
 
 
+def image_size(s: str) -> int:
+    """``--image-size``: pixels a side, a positive integer."""
+    try:
+        v = int(s)
+    except ValueError:
+        v = 0
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {s}")
+    return v
+
+
 def add_arguments(p, default_size: int | None = None) -> None:
     """The data flags every entry point shares (group "data")."""
     g = p.add_argument_group("data")
@@ -267,6 +279,6 @@ def add_arguments(p, default_size: int | None = None) -> None:
                    help="folder holding the dataset's files in torchvision's layout")
     g.add_argument("--download", action="store_true",
                    help="let torchvision download a missing dataset into --data-root (needs a network)")
-    g.add_argument("--image-size", type=int, default=default_size,
+    g.add_argument("--image-size", type=image_size, default=default_size,
                    help="resize images to this many pixels a side (default: the dataset's own; "
                         "digits 16)")

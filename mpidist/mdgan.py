@@ -72,7 +72,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import signal
 import time
 
 import numpy as np
@@ -339,6 +338,9 @@ def check_world(args, world: int) -> str | None:
         return f"-k {args.k}: the server draws at most N = {n} batches (k <= N)"
     if args.crash_every is not None and args.mode != "mdgan":
         return "--crash-every is an MD-GAN experiment (Figure 3); use it with --mode mdgan"
+    if args.inception_weights and not os.path.isfile(args.inception_weights):
+        return (f"--inception-weights {args.inception_weights}: no such file (torchvision's "
+                "inception_v3 state dict, e.g. inception_v3_google-0cc3c7bd.pth)")
     if getattr(args, "resume", None):
         return resume_mismatch(args, world)
     return None
@@ -443,25 +445,17 @@ class Checkpoints:
         due = bool(self.every) and i // self.every > self.last // self.every
         code = 0
         if due or (i % self.agree_every == 0 and i < total):
-            # the runtime's code: 2 x the signal's number, + 1 when this rank's --checkpoint-every
-            # duration has passed (runtimes without durations: the signal alone)
-            mine = run.stop_code() if hasattr(run, "stop_code") else 2.0 * run.stop_signal
-            flag = torch.tensor([float(mine)], dtype=torch.float64)
+            # the runtime's stop code: 2 x the signal's number, + 1 when this rank's
+            # --checkpoint-every duration has passed (runtime.decode_stop)
+            flag = torch.tensor([run.stop_code()], dtype=torch.float64)
             code = int(run.comm.iallreduce(flag, "max", "control").wait(timeout)[0])
-        agreed = code // 2                   # the stop signal's number, 0 for none
-        stop = agreed > 0 and i < total      # a signal during the last iteration: just finish
-        if due or stop or code % 2:
+        timed, stop = runtime.decode_stop(code)
+        stop = stop and i < total            # a signal during the last iteration: just finish
+        if due or stop or timed:
             run.save_checkpoint(i, {"config": self.config, "rng": run.rng_state(), **state_fn()})
-            run.trace.flush()  # the checkpoint's own rows too, should the job be killed next
             self.last = i
         if stop:
-            run.stopped = True
-            try:
-                name = signal.Signals(agreed).name
-            except ValueError:
-                name = f"signal {agreed}"
-            run.say(f"{name}: every rank stopped after iteration {i}, checkpoint saved in "
-                    f"{run.ckpt_root}; resume with the same command and --resume {run.run_dir}")
+            run.announce_stop(i, code)
         return stop
 
 

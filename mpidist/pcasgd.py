@@ -80,7 +80,7 @@ import torch
 import torch.nn.functional as F
 
 from . import data as data_mod
-from . import models, runtime, topology
+from . import checkpoint, models, runtime, topology
 from .comm import FlatParams, waitall
 from .errors import UsageError
 from .metrics import evaluate
@@ -600,10 +600,13 @@ def _epochs_list(s: str):
     if s is None or s == "":
         return []
     try:
-        return sorted(float(v) for v in str(s).split(","))
+        epochs = sorted(float(v) for v in str(s).split(","))
     except ValueError:
         raise UsageError(f"--lr-decay-epochs {s}: expected comma-separated epochs such as 81,122") \
             from None
+    if epochs[0] <= 0:
+        raise UsageError(f"--lr-decay-epochs {s}: every epoch must be > 0 (eta starts at --lr)")
+    return epochs
 
 
 def _lam(s: str) -> float:
@@ -740,8 +743,10 @@ def train(run) -> None:
     if saved is None:
         comm.ibcast(fp.params, 0, "init").wait()  # line 1: every agent starts from the same x_0
     else:  # --resume: all ranks continue after step first - 1 (the runtime restored the RNGs)
-        model.load_state_dict(saved["model"])
-        shard.load_state_dict(saved["shard"])
+        def restore():
+            model.load_state_dict(saved["model"])
+            shard.load_state_dict(saved["shard"])
+        checkpoint.restore(comm, restore)  # another --model: one line, not a traceback
         chosen = list(saved["chosen"])
     agent = Agent(comm, topo, rank, variant, a.lam, steps, fp.numel, fp.params.dtype, dev,
                   a.momentum, run.metric,

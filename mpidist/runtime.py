@@ -104,7 +104,7 @@ def parser(algorithm: str, description: str) -> ArgumentParser:
     p = ArgumentParser(prog=f"python -m mpidist.{algorithm}", description=description,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("run (shared by every mpidist algorithm)")
-    g.add_argument("--seed", type=int, default=0,
+    g.add_argument("--seed", type=nonneg_int, default=0,
                    help="random seed; rank k seeds torch/numpy with seed*1000+k, shared choices "
                         "(permutations, schedules) use seed alone (default 0)")
     g.add_argument("--trace-dir", default=None,
@@ -259,6 +259,9 @@ def _usage_exit(algorithm: str, rank: int, message: str) -> None:
     raise SystemExit(2)
 
 
+USAGE_AGREE_S = 10.0  # how long a rank with a usage error waits for the others to find it too
+
+
 class Run:
     """Everything an algorithm needs about its place in the job; made by :func:`start`."""
 
@@ -274,6 +277,7 @@ class Run:
         self.resumed_state = None    # the algorithm's state from the checkpoint, or None
         self.stop_signal = 0         # set by SIGUSR1/SIGTERM; agreed by all ranks in checkpoint()
         self._previous_handlers = {}
+        self._usage_comm = comm.mpi.Dup()  # for usage_error's agreement only
         self._next_timed_checkpoint = comm.clock() + args.checkpoint_seconds
         self.stopped = False
         self.ckpt_root = os.path.join(run_dir, "checkpoints")
@@ -319,9 +323,29 @@ class Run:
             print("\n".join(lines), flush=True)
 
     def usage_error(self, message: str) -> None:
-        """Bad input found after start, alike on every rank: one line on rank 0, exit 2 everywhere."""
+        """Bad input found after start: one line on rank 0, exit 2 everywhere. Usually every rank
+        finds it alike; when some rank has not arrived here within USAGE_AGREE_S seconds (it found
+        nothing wrong and waits for this one), this rank prints the line itself, naming itself,
+        and ends the job with MPI_Abort: never a hang."""
+        alike = self._all_arrive(USAGE_AGREE_S)
         self.trace.close(status="usage-error")
-        _usage_exit(self.algorithm, self.rank, message)
+        if alike:
+            self._usage_comm.Free()
+            _usage_exit(self.algorithm, self.rank, message)
+        sys.stderr.write(f"mpidist.{self.algorithm}: error: [rank {self.rank}] {message}\n")
+        sys.stderr.flush()
+        MPI.COMM_WORLD.Abort(2)
+
+    def _all_arrive(self, timeout: float) -> bool:
+        """True when every rank reaches this point within ``timeout`` s (a barrier on a
+        communicator of its own, so that it never matches an algorithm's barrier)."""
+        req = self._usage_comm.Ibarrier()
+        deadline = time.monotonic() + timeout
+        while not req.Test():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
+        return True
 
     # ------------------------------------------------------------------ checkpoints
     def rng_state(self) -> dict:
@@ -405,6 +429,7 @@ class Run:
     def __exit__(self, exc_type, exc, tb):
         _uninstall_stop_signals(self)
         if exc_type is None:
+            self._usage_comm.Free()
             self.trace.close(status="stopped by signal" if self.stopped else "ok")
             self.comm.barrier()
             self.say(f"trace: {self.run_dir}")

@@ -240,3 +240,19 @@ def test_timed_checkpoints(tmp_path):
     kept = [m["step"] for _, m in checkpoint.list_complete(str(tmp_path / "r" / "checkpoints"))]
     assert kept == saved[0][-2:]
     assert final_acc(out)[1] == 79
+
+
+def test_usage_error_on_one_rank_ends_the_job(tmp_path):
+    """A usage error only rank 1 finds (the others go on and wait for it): after the runtime's
+    agreement window it names itself in one line and ends the whole job; no hang."""
+    from mpidist import runtime
+    t = time.monotonic()
+    proc = run_mpi(3, [TOY, "--steps", "100000", "--bad-rank", "1", "--trace-dir",
+                       str(tmp_path / "r")], 120)
+    elapsed = time.monotonic() - t
+    assert proc.returncode != 0
+    assert "mpidist.toy: error: [rank 1] --bad-rank 1: a bad input only this rank sees" \
+        in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert elapsed < runtime.USAGE_AGREE_S + 30, elapsed
+    assert read_run(str(tmp_path / "r")).ranks[1].attrs["status"] == "usage-error"

@@ -5,6 +5,7 @@ import time
 import torch
 
 from mpidist import runtime
+from mpidist.errors import UsageError
 
 
 def check(args, n):
@@ -22,6 +23,8 @@ def main(argv=None):
     p.add_argument("--need-ranks", type=int, default=0)
     p.add_argument("--step-seconds", type=float, default=0.0)
     p.add_argument("--pid-file", default=None, help="each rank writes its pid to PID_FILE.<rank>")
+    p.add_argument("--bad-rank", type=int, default=-1,
+                   help="this rank alone finds a usage error at step 1 (the others go on)")
     with runtime.start("toy", p, argv, check) as run:
         r, n = run.rank, run.world_size
         fail = tuple(int(v) for v in run.args.raise_at.split(":")) if run.args.raise_at else None
@@ -34,6 +37,8 @@ def main(argv=None):
             with open(f"{run.args.pid_file}.{r}", "w") as f:
                 f.write(str(__import__("os").getpid()))
         for step in range(run.start_step, run.args.steps):
+            if step == 1 and r == run.args.bad_rank:
+                raise UsageError(f"--bad-rank {r}: a bad input only this rank sees")
             hs = [run.comm.irecv(out, (r - 1) % n, 1, "ring")]
             if r != run.args.silent_rank:
                 hs.append(run.comm.isend(x, (r + 1) % n, 1, "ring"))
