@@ -4,7 +4,8 @@ For every algorithm and both ways of failing: the whole job ends within seconds 
 run asks for thousands of steps, so a hang would hit the launch's timeout), the exit status is
 non-zero, the message names the failed rank, every rank's trace file opens, the failed rank's file
 holds its rows up to the failing step (it flushes right before failing) and the others' hold rows
-up to their last flush. The seconds from the failure message to the end of the job are printed
+up to their last flush (a survivor may also see its peer's death as an MPI error first and fail
+itself, which is as good). The seconds from the failure message to the end of the job are printed
 (``pytest -s``) for the closing note; the assertion bound is loose because CI machines are busy.
 
 The runtime's own failure tests (toy program, SIGUSR1/SIGTERM, deadlines) are in test_runtime.py;
@@ -93,6 +94,9 @@ def test_fail_at_ends_the_job_and_keeps_the_traces(tmp_path, algo, how):
         assert failed.attrs["status"] == "running"  # killed: no chance to close
     for r in run.ranks:
         if r is not failed:
-            assert r.attrs["status"] == "running"  # ended by the launcher, file still readable
-            assert len(r.comm) + len(r.metrics) > 0
+            # ended by the launcher ("running"), or first saw its peer's death as an MPI error
+            # and failed itself; either way the file reads, with the rows of its last flush
+            # (none if the failure came before its first one)
+            assert r.attrs["status"] == "running" or r.attrs["status"].startswith("failed: "), \
+                r.attrs["status"]
             assert r.comm["step"].max(initial=0) <= FAIL_STEP + 2
