@@ -518,7 +518,7 @@ def traffic_matrix(run: Run):
     coll = np.zeros(n)
     c = run.comm
     if len(c):
-        s = c[c["op"] == b"send"]
+        s = c[(c["op"] == b"send") & (c["peer"] >= 0) & (c["peer"] < n)]  # a peer in the world
         np.add.at(m, (s["rank"], s["peer"]), s["nbytes"].astype(float))
         k = c[(c["op"] != b"send") & (c["op"] != b"recv")]
         np.add.at(coll, k["rank"], k["nbytes"].astype(float))

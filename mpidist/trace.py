@@ -14,6 +14,18 @@ and users' notebooks read (README.md, "The trace format"):
 ``/metrics``
     one row per logged value: ``step`` i8, ``t`` f8, ``name`` S32, ``value`` f8.
 
+Damage is detected, not read as wrong values: the file is written with HDF5's newest format
+(``libver="latest"``), whose metadata (superblock, object headers, attributes, chunk indexes)
+carries checksums; both datasets have HDF5's fletcher32 checksum filter on their chunks (a flipped
+bit in a row fails the read; ``checksum=False`` leaves it off; its blind spot, a 16-bit word
+0xFFFF turned 0x0000, is partly covered by the reader's value checks); string attributes are
+stored as fixed-length UTF-8 inside the checksummed attribute messages (h5py reads them as
+``bytes``; :func:`read_rank` decodes them). Files written before these checksums (no filter,
+variable-length string attributes in HDF5's global heap) read as before, but damage to their rows
+or string attributes can go unnoticed (the reader refuses the global heap damage on which libhdf5
+2.0 would loop forever). tests/programs/fuzz_trace.py fuzzes the reader and the tools with damaged
+files (tools/results/reliability/fuzz.md).
+
 Rows are recorded into preallocated numpy arrays (a fraction of a microsecond each) and appended to
 the file in bulk by :meth:`TraceWriter.flush`, which opens, extends and closes the file: between
 flushes the file on disk is closed and consistent, so a killed job leaves files that open and hold
@@ -22,8 +34,10 @@ every row up to the last flush.
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import socket
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -46,6 +60,21 @@ class TraceError(Exception):
 
 def rank_path(run_dir: str, rank: int) -> str:
     return os.path.join(run_dir, f"rank{rank}.h5")
+
+
+def _attr_value(v):
+    """An attribute as stored: lists, tuples and dicts as JSON, strings as FIXED-length UTF-8.
+    Fixed-length strings live in the attribute's own message, which HDF5's metadata checksums
+    cover; h5py's default for a str (variable length) puts the bytes in a global heap, which has
+    no checksum, and a damaged global heap can make libhdf5 read wrong text or loop forever."""
+    if isinstance(v, (dict, list, tuple)):
+        v = json.dumps(v)
+    if isinstance(v, str):
+        if "\x00" in v:  # as h5py refuses them in variable-length strings
+            raise ValueError(f"a trace attribute cannot hold NUL characters: {v!r}")
+        b = v.encode("utf-8")
+        return np.array(b, dtype=h5py.string_dtype("utf-8", max(len(b), 1)))
+    return v
 
 
 class _RowBuffer:
@@ -73,10 +102,13 @@ class TraceWriter:
     start time that all ranks agreed on). ``flush_seconds``: the longest time rows wait in memory.
     The file is created at construction, so an unwritable directory fails before training starts.
     An existing file is refused, unless ``resume_step`` is given (a resumed run continues it).
+    ``checksum``: fletcher32 on the rows' chunks (default; costs about 0.1-0.3 ms per flush, see
+    ``tests/programs/fuzz_trace.py --bench-flush``).
     """
 
     def __init__(self, path: str, attrs: dict, clock, flush_seconds: float = 2.0,
-                 capacity: int = 1 << 14, resume_step: int | None = None):
+                 capacity: int = 1 << 14, resume_step: int | None = None,
+                 checksum: bool = True):
         self.path = path
         self.clock = clock
         self.flush_seconds = flush_seconds
@@ -84,6 +116,7 @@ class TraceWriter:
         self._metrics = _RowBuffer(METRIC_DTYPE, capacity)
         self._next_flush = time.monotonic() + flush_seconds
         self.closed = False
+        self.lock = threading.RLock()  # held while the file is written: see mark()
         if os.path.exists(path):
             if resume_step is None:
                 raise TraceError(f"{path}: already exists; refusing to overwrite a previous run's "
@@ -91,16 +124,16 @@ class TraceWriter:
             self._continue(path, attrs, resume_step)
             return
         with h5py.File(path, "w", libver="latest") as f:
-            f.attrs["format"] = FORMAT
+            f.attrs["format"] = _attr_value(FORMAT)
             f.attrs["format_version"] = FORMAT_VERSION
-            f.attrs["hostname"] = socket.gethostname()
-            f.attrs["status"] = "running"  # replaced by close(); a killed rank's file keeps it
+            f.attrs["hostname"] = _attr_value(socket.gethostname())
+            f.attrs["status"] = _attr_value("running")  # close() replaces it; a killed rank's stays
             for k, v in attrs.items():
-                f.attrs[k] = json.dumps(v) if isinstance(v, (dict, list, tuple)) else v
+                f.attrs[k] = _attr_value(v)
             f.create_dataset("comm", shape=(0,), maxshape=(None,), dtype=COMM_DTYPE,
-                             chunks=(4096,))
+                             chunks=(4096,), fletcher32=checksum)
             f.create_dataset("metrics", shape=(0,), maxshape=(None,), dtype=METRIC_DTYPE,
-                             chunks=(1024,))
+                             chunks=(1024,), fletcher32=checksum)
 
     def _continue(self, path: str, attrs: dict, resume_step: int) -> None:
         """Reopen a resumed run's file: keep the rows of steps <= resume_step (the checkpoint's),
@@ -112,9 +145,9 @@ class TraceWriter:
                 keep = rows[rows["step"] <= resume_step]
                 f[name].resize((len(keep),))
                 f[name][:] = keep
-            f.attrs["status"] = "running"
+            f.attrs["status"] = _attr_value("running")
             f.attrs["resumed_at_step"] = resume_step
-            f.attrs["resumed_args"] = json.dumps(attrs.get("args", {}))
+            f.attrs["resumed_args"] = _attr_value(attrs.get("args", {}))
 
     def comm(self, step: int, op: bytes, peer: int, tag: int, channel: bytes, nbytes: int,
              t_post: float, t_done: float) -> None:
@@ -139,6 +172,10 @@ class TraceWriter:
             self.flush()
 
     def flush(self) -> None:
+        with self.lock:
+            self._flush()
+
+    def _flush(self) -> None:
         if self.closed:
             return
         comm, metrics = self._comm.take(), self._metrics.take()
@@ -154,10 +191,22 @@ class TraceWriter:
 
     def set_attrs(self, **attrs) -> None:
         """Add or replace root attributes (e.g. the final status) now."""
-        self.flush()
+        with self.lock:
+            self.flush()
+            self._write_attrs(attrs)
+
+    def _write_attrs(self, attrs: dict) -> None:
         with _open_append(self.path) as f:
             for k, v in attrs.items():
-                f.attrs[k] = json.dumps(v) if isinstance(v, (dict, list, tuple)) else v
+                f.attrs[k] = _attr_value(v)
+
+    def mark(self, status: str, timeout: float = 5.0) -> None:
+        """From another thread, just before the process ends at once (the SIGTERM deadline): wait
+        for a flush in progress to finish (at most ``timeout`` s), then write ``status`` without
+        touching the rows being recorded. The lock stays held, so no flush starts afterwards."""
+        if self.closed or not self.lock.acquire(timeout=timeout):
+            return
+        self._write_attrs({"status": status, "end_time": time.time()})
 
     def close(self, status: str = "ok") -> None:
         """Write what is buffered, the end time and ``status`` ("ok", "failed", ...). Idempotent."""
@@ -251,31 +300,143 @@ def _open_append(path: str, wait: float = 10.0):
             time.sleep(0.05)
 
 
+# what h5py and numpy raise on a damaged file (UnicodeDecodeError is a ValueError); anything else
+# is a bug and is not hidden behind a TraceError
+_DAMAGE_ERRORS = (OSError, KeyError, ValueError, TypeError, RuntimeError, IndexError,
+                  OverflowError)
+# libhdf5's words -> what they mean for a trace file
+_HINTS = (("filter returned failure", "damaged: a checksum of its rows does not match"),
+          ("checksum", "damaged: a checksum of its HDF5 metadata does not match"),
+          ("truncated file", "truncated"),
+          ("file signature not found", "not an HDF5 file"))
+
+
 def read_rank(path: str) -> RankTrace:
-    """Load one ``rank<k>.h5``; raise TraceError with one clear line for anything else.
+    """Load one ``rank<k>.h5``; raise TraceError with one clear line (naming the file) for
+    anything else: not HDF5, not an mpidist trace, or damaged. A damaged trace is one that libhdf5
+    cannot read (HDF5's metadata checksums, and fletcher32 on the rows of files that have it,
+    find flipped bits), or whose structure is not the format's: both datasets, 1-D, with the
+    fields of COMM_DTYPE and METRIC_DTYPE and no more rows than the file has bytes for, values
+    a writer can produce (see _check_rows), and a ``rank`` attribute (``world_size``,
+    ``start_time``, ``end_time`` checked where present).
 
     Opens without HDF5's file lock, so that reading a running job's files (the tools, a test
     watching progress) never blocks that job's next flush. A file caught in the middle of a flush
     may read as damaged (TraceError) or without (or with zeroed) rows of that flush: exact numbers
-    come from files the writer has closed (or flushed before the read)."""
+    come from files the writer has closed (or flushed before the read). Nothing here waits or
+    retries: a damaged file is one bounded read."""
     try:
+        size = os.path.getsize(path)
         with h5py.File(path, "r", locking=False) as f:
-            if f.attrs.get("format") not in (FORMAT, FORMAT.encode()):
+            _check_global_heap(path, f)  # before any attribute value is read
+            # not attrs.get(): it answers None when a damaged file cannot read the attribute
+            fmt = _decode(f.attrs["format"]) if "format" in f.attrs else None
+            if not (isinstance(fmt, str) and fmt == FORMAT):
                 raise TraceError(f"{path}: not an mpidist trace (no format='{FORMAT}' attribute)")
-            attrs = {k: _decode(v) for k, v in f.attrs.items()}
-            comm = f["comm"][()] if "comm" in f else np.zeros(0, COMM_DTYPE)
-            metrics = f["metrics"][()] if "metrics" in f else np.zeros(0, METRIC_DTYPE)
+            attrs = {k: _decode(f.attrs[k]) for k in f.attrs.keys()}
+            comm = _rows(path, f, "comm", COMM_DTYPE, size, attrs)
+            metrics = _rows(path, f, "metrics", METRIC_DTYPE, size, attrs)
     except TraceError:
         raise
     except FileNotFoundError:
         raise TraceError(f"{path}: no such file") from None
-    except Exception as e:  # h5py raises OSError/KeyError/ValueError/RuntimeError on damaged files
-        raise TraceError(f"{path}: not a readable mpidist trace ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0] if str(e) else 'damaged file'})") from None
-    if comm.dtype != COMM_DTYPE or metrics.dtype != METRIC_DTYPE:
-        raise TraceError(f"{path}: mpidist trace with unexpected fields (format_version "
-                         f"{attrs.get('format_version')}, this reader knows {FORMAT_VERSION})")
+    except _DAMAGE_ERRORS as e:  # libhdf5 found the file damaged (or it is not HDF5 at all)
+        msg = str(e).splitlines()[0] if str(e) else "damaged file"
+        hint = next((h + "; " for k, h in _HINTS if k in msg), "")
+        raise TraceError(f"{path}: not a readable mpidist trace ({hint}{type(e).__name__}: "
+                         f"{msg})") from None
+    _check_attrs(path, attrs)
+    _check_rows(path, comm, metrics)
     return RankTrace(path, attrs, comm, metrics)
+
+
+def _check_global_heap(path: str, f) -> None:
+    """Files written before the checksums keep their string attributes in HDF5 global heap
+    collections ("GCOL"), which have no checksum. libhdf5 (2.0 and before) parses a collection
+    object by object and stands still, forever and holding the GIL, on an object header of index 0
+    and size 0, which is what zeroed bytes look like. Such a file is refused here, before libhdf5
+    reads it: each collection found in the file is walked the way libhdf5 walks it (16-byte
+    collection header, objects of a 16-byte header plus their size rounded up to 8 bytes; index 0
+    is free space, its size taken as is). A valid collection never holds an index-0 object of size
+    0. Files with no variable-length attribute (every file written since) are not scanned."""
+    vlen = False
+    for k in f.attrs:  # the names and types only: no value, so no global heap, is read here
+        info = h5py.check_string_dtype(f.attrs.get_id(k).dtype)
+        vlen |= info is not None and info.length is None
+    if not vlen:
+        return
+    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        pos = m.find(b"GCOL\x01")
+        while pos >= 0:
+            end = pos + int.from_bytes(m[pos + 8:pos + 16], "little")  # the collection's size
+            p = pos + 16
+            while p + 16 <= min(end, len(m)):
+                idx = int.from_bytes(m[p:p + 2], "little")
+                size = int.from_bytes(m[p + 8:p + 16], "little")
+                step = size if idx == 0 else (16 + (size + 7) // 8 * 8) % (1 << 64)  # a size_t
+                if step == 0:
+                    raise TraceError(f"{path}: not a readable mpidist trace (damaged: its global "
+                                     f"heap at byte {pos} holds an object header of size 0, on "
+                                     "which libhdf5 would loop forever)")
+                p += step
+            pos = m.find(b"GCOL\x01", pos + 1)
+
+
+def _rows(path: str, f, name: str, dtype: np.dtype, size: int, attrs: dict) -> np.ndarray:
+    """The rows of dataset ``name``, after checking that it is the format's (a damaged object
+    header could claim another type or a huge number of rows)."""
+    if name not in f:
+        raise TraceError(f"{path}: damaged mpidist trace: no /{name} dataset")
+    ds = f[name]  # not f.get(): it answers None when a damaged file cannot open the dataset
+    if not isinstance(ds, h5py.Dataset):
+        raise TraceError(f"{path}: damaged mpidist trace: /{name} is not a dataset")
+    if ds.ndim != 1 or ds.dtype != dtype:
+        raise TraceError(f"{path}: mpidist trace with unexpected /{name} ({ds.shape} {ds.dtype}; "
+                         f"format_version {attrs.get('format_version')}, this reader knows "
+                         f"{FORMAT_VERSION})")
+    if ds.shape[0] * dtype.itemsize > size:  # every row was written: the file holds its bytes
+        raise TraceError(f"{path}: damaged mpidist trace: /{name} claims {ds.shape[0]} rows, "
+                         f"more than the file's {size} bytes hold")
+    return ds[()]
+
+
+def _check_rows(path: str, comm: np.ndarray, metrics: np.ndarray) -> None:
+    """Values no writer produces: a peer below -2 (ranks are >= 0, -1 marks a collective, -1/-2
+    are MPI's ANY_SOURCE and PROC_NULL), a tag below -1 (MPI's tags are >= 0, ANY_TAG is -1), a
+    negative byte count, a time that is not finite. Fletcher32 cannot tell a 16-bit word 0xFFFF
+    from 0x0000, so bytes zeroed over a -1 can pass it: these checks catch those that leave a
+    value below -2 (half of a -1 zeroed), and some damage to files written without checksums."""
+    checks = (("comm", comm, "peer", comm["peer"] < -2, "a rank or -1"),
+              ("comm", comm, "tag", comm["tag"] < -1, "a tag or -1"),
+              ("comm", comm, "nbytes", comm["nbytes"] < 0, "a byte count"),
+              ("comm", comm, "t_post", ~np.isfinite(comm["t_post"]), "seconds"),
+              ("comm", comm, "t_done", ~np.isfinite(comm["t_done"]), "seconds"),
+              ("metrics", metrics, "t", ~np.isfinite(metrics["t"]), "seconds"))
+    for name, rows, column, bad, what in checks:
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise TraceError(f"{path}: damaged mpidist trace: /{name} row {i} has {column} = "
+                             f"{rows[column][i].item()!r}, not {what}")
+
+
+def _check_attrs(path: str, attrs: dict) -> None:
+    """The attributes the readers rely on have the types the writer gives them."""
+    def integer(k):
+        v = attrs.get(k)
+        return isinstance(v, int) and not isinstance(v, bool)
+    problems = []
+    if not integer("rank") or attrs["rank"] < 0:
+        problems.append(f"rank = {attrs.get('rank')!r}")
+    if "world_size" in attrs and (not integer("world_size") or attrs["world_size"] < 1):
+        problems.append(f"world_size = {attrs['world_size']!r}")
+    elif "world_size" in attrs and integer("rank") and attrs["rank"] >= attrs["world_size"]:
+        problems.append(f"rank = {attrs['rank']} not below world_size = {attrs['world_size']}")
+    for k in ("start_time", "end_time"):
+        v = attrs.get(k, 0.0)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not np.isfinite(v):
+            problems.append(f"{k} = {v!r}")
+    if problems:
+        raise TraceError(f"{path}: damaged mpidist trace: attribute {', '.join(problems)}")
 
 
 def read_run(path: str) -> RunTrace:

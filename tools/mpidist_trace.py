@@ -46,11 +46,18 @@ def _csv_list(s: str) -> list[str]:
     return [x.strip() for x in s.split(",") if x.strip()]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors in ONE line (no usage block), exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(prog=PROG, description=__doc__,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--skip-bad", action="store_true",
                         help="leave out rank files that cannot be read (named in the notes) "
                              "instead of refusing the run")
@@ -94,10 +101,11 @@ def cmd_summary(a) -> None:
     if a.csv == "-":
         sys.stdout.write(analysis.summary_csv(run))
         return
-    print(analysis.summary_text(run))
-    if a.csv:
+    if a.csv:  # first, so that a path that cannot be written fails before any output
         with open(a.csv, "w", newline="") as f:
             f.write(analysis.summary_csv(run))
+    print(analysis.summary_text(run))
+    if a.csv:
         print(f"\ncsv: {a.csv}")
 
 
@@ -171,15 +179,22 @@ def cmd_export(a) -> None:
 
 
 def main(argv=None) -> int:
-    a = build_parser().parse_args(argv)
+    p = build_parser()
+    a = p.parse_args(argv)
+    if getattr(a, "window", None) and not a.window[0] < a.window[1]:
+        p.error(f"--window {a.window[0]:g} {a.window[1]:g}: T0 must be less than T1")
     try:
         {"summary": cmd_summary, "plot": cmd_plot, "compare": cmd_compare,
          "export": cmd_export}[a.command](a)
     except TraceError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
-    except BrokenPipeError:  # summary | head
+    except BrokenPipeError:  # summary | head (before OSError, of which it is a kind)
         return 0
+    except OSError as e:  # an output path that cannot be written (the reader raises TraceError)
+        print(f"{PROG}: error: cannot write {e.filename or 'the output'}: {e.strerror or e} "
+              "(choose another -o/--csv path)", file=sys.stderr)
+        return 2
     return 0
 
 
