@@ -278,6 +278,7 @@ class Run:
         self.stop_signal = 0         # set by SIGUSR1/SIGTERM; agreed by all ranks in checkpoint()
         self._previous_handlers = {}
         self._usage_comm = comm.mpi.Dup()  # for usage_error's agreement only
+        self.created_dir = False            # rank 0 made run_dir for this run
         self._next_timed_checkpoint = comm.clock() + args.checkpoint_seconds
         self.stopped = False
         self.ckpt_root = os.path.join(run_dir, "checkpoints")
@@ -328,10 +329,15 @@ class Run:
         nothing wrong and waits for this one), this rank prints the line itself, naming itself,
         and ends the job with MPI_Abort: never a hang."""
         alike = self._all_arrive(USAGE_AGREE_S)
-        self.trace.close(status="usage-error")
         if alike:
+            # a refused run leaves nothing: its new files go (unless rows were already written),
+            # a resumed trace stays as the interrupted run left it
+            self.trace.abandon("usage-error")
+            self._all_arrive(USAGE_AGREE_S)
+            _remove_if_empty(self.run_dir, self.created_dir)
             self._usage_comm.Free()
             _usage_exit(self.algorithm, self.rank, message)
+        self.trace.close(status="usage-error")
         sys.stderr.write(f"mpidist.{self.algorithm}: error: [rank {self.rank}] {message}\n")
         sys.stderr.flush()
         MPI.COMM_WORLD.Abort(2)
@@ -441,6 +447,15 @@ class Run:
             return False
         abort(self.rank, exc, self.trace)
         return False
+
+
+def _remove_if_empty(run_dir: str, mine: bool) -> None:
+    """Remove the run directory this run created (``mine``) if nothing is left in it."""
+    if mine:
+        try:
+            os.rmdir(run_dir)
+        except OSError:
+            pass
 
 
 def signal_name(signum: int) -> str:
@@ -566,11 +581,12 @@ def start(algorithm: str, p: ArgumentParser, argv=None, check=None) -> Run:
         resume_dir = os.path.dirname(os.path.dirname(os.path.abspath(ckpt_dir)))
 
     # the run directory: chosen and created on rank 0, agreed by all
-    run_dir, err = None, None
+    run_dir, err, created = None, None, False
     if rank == 0:
         run_dir = args.trace_dir or (resume_dir if resumed else os.path.join(
             "runs", f"{algorithm}-{time.strftime('%Y%m%d-%H%M%S')}"))
         try:
+            created = not os.path.exists(run_dir)
             os.makedirs(run_dir, exist_ok=True)
             continuing = resumed is not None and os.path.abspath(run_dir) == resume_dir
             if os.path.exists(rank_path(run_dir, 0)) and not continuing:
@@ -609,7 +625,9 @@ def start(algorithm: str, p: ArgumentParser, argv=None, check=None) -> Run:
     errors = [e for e in comm.allgather_object(err) if e]
     if errors:
         if trace is not None:
-            trace.close(status="start-up error")
+            trace.abandon("start-up error")
+        comm.barrier()
+        _remove_if_empty(run_dir, rank == 0 and created)
         _usage_exit(algorithm, rank, errors[0])
     comm.trace = trace
 
@@ -618,6 +636,7 @@ def start(algorithm: str, p: ArgumentParser, argv=None, check=None) -> Run:
     np.random.seed(seed % (1 << 32))
     random.seed(seed)
     run = Run(algorithm, args, comm, trace, run_dir, device, local, log, t0_wall)
+    run.created_dir = rank == 0 and created
     if resumed is not None:
         run.set_rng_state(resumed["rng"])
         run.start_step = resumed["step"] + 1

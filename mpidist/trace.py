@@ -101,7 +101,9 @@ class TraceWriter:
     ``clock`` returns seconds since the run's t = 0 (the runtime passes ``MPI.Wtime`` shifted by the
     start time that all ranks agreed on). ``flush_seconds``: the longest time rows wait in memory.
     The file is created at construction, so an unwritable directory fails before training starts.
-    An existing file is refused, unless ``resume_step`` is given (a resumed run continues it).
+    An existing file is refused, unless ``resume_step`` is given (a resumed run continues it: the
+    rows of later steps are dropped at its first write, so that a run refused before it started,
+    see :meth:`abandon`, leaves the interrupted run's file exactly as it was).
     ``checksum``: fletcher32 on the rows' chunks (default; costs about 0.1-0.3 ms per flush, see
     ``tests/programs/fuzz_trace.py --bench-flush``).
     """
@@ -117,12 +119,17 @@ class TraceWriter:
         self._next_flush = time.monotonic() + flush_seconds
         self.closed = False
         self.lock = threading.RLock()  # held while the file is written: see mark()
+        self.created = False           # this writer made the file (it was not there)
+        self._rows_written = False
+        self._resume = None            # (step, attrs) of a resumed file not yet continued
         if os.path.exists(path):
             if resume_step is None:
                 raise TraceError(f"{path}: already exists; refusing to overwrite a previous run's "
                                  "trace (choose another --trace-dir)")
-            self._continue(path, attrs, resume_step)
+            read_rank(path)  # refuses a file that is not an mpidist trace, changing nothing
+            self._resume = (resume_step, attrs)
             return
+        self.created = True
         with h5py.File(path, "w", libver="latest") as f:
             f.attrs["format"] = _attr_value(FORMAT)
             f.attrs["format_version"] = FORMAT_VERSION
@@ -135,11 +142,13 @@ class TraceWriter:
             f.create_dataset("metrics", shape=(0,), maxshape=(None,), dtype=METRIC_DTYPE,
                              chunks=(1024,), fletcher32=checksum)
 
-    def _continue(self, path: str, attrs: dict, resume_step: int) -> None:
-        """Reopen a resumed run's file: keep the rows of steps <= resume_step (the checkpoint's),
-        drop the later ones the interrupted run wrote, mark it running again."""
-        read_rank(path)  # refuses a file that is not an mpidist trace
-        with h5py.File(path, "a") as f:
+    def _continue(self) -> None:
+        """Before the first write of a resumed run: keep the rows of steps <= the checkpoint's,
+        drop the later ones the interrupted run wrote, mark the file running again."""
+        if self._resume is None:
+            return
+        (resume_step, attrs), self._resume = self._resume, None
+        with h5py.File(self.path, "a") as f:
             for name in ("comm", "metrics"):
                 rows = f[name][()]
                 keep = rows[rows["step"] <= resume_step]
@@ -178,6 +187,7 @@ class TraceWriter:
     def _flush(self) -> None:
         if self.closed:
             return
+        self._continue()
         comm, metrics = self._comm.take(), self._metrics.take()
         if len(comm) or len(metrics):
             with _open_append(self.path) as f:
@@ -187,6 +197,7 @@ class TraceWriter:
                         n = ds.shape[0]
                         ds.resize((n + len(rows),))
                         ds[n:] = rows
+            self._rows_written = True
         self._next_flush = time.monotonic() + self.flush_seconds
 
     def set_attrs(self, **attrs) -> None:
@@ -204,9 +215,30 @@ class TraceWriter:
         """From another thread, just before the process ends at once (the SIGTERM deadline): wait
         for a flush in progress to finish (at most ``timeout`` s), then write ``status`` without
         touching the rows being recorded. The lock stays held, so no flush starts afterwards."""
-        if self.closed or not self.lock.acquire(timeout=timeout):
-            return
+        if self.closed or not self.lock.acquire(timeout=timeout) or self._resume is not None:
+            return  # (a resumed file not yet continued stays as the interrupted run left it)
         self._write_attrs({"status": status, "end_time": time.time()})
+
+    def abandon(self, status: str) -> bool:
+        """For a run refused before it began (bad input found by every rank): leave no trace of
+        it. A file this writer created and never wrote a row to is removed (True); a resumed file
+        not yet continued stays exactly as the interrupted run left it; any other file is closed
+        with ``status``."""
+        with self.lock:
+            if self.closed:
+                return False
+            self.closed = True
+            if self._resume is not None:
+                return False
+            if self.created and not self._rows_written:
+                try:
+                    os.remove(self.path)
+                    return True
+                except OSError:
+                    pass
+            self.closed = False
+            self.close(status)
+            return False
 
     def close(self, status: str = "ok") -> None:
         """Write what is buffered, the end time and ``status`` ("ok", "failed", ...). Idempotent."""

@@ -112,8 +112,6 @@ def test_entry_point_refuses_bad_input_world_2(world2, name):
     assert r["ok"], _explain(r)
 
 
-@pytest.mark.xfail(strict=True, reason=RUNTIME_FIX + " (Run.usage_error after the start keeps "
-                   "the new rank<k>.h5 files, so that the same --trace-dir is then refused)")
 def test_a_refused_start_leaves_no_new_trace_files(world1, world2):
     left = {n: r["left"] for n, r in {**world1, **world2}.items() if r["left"]}
     assert not left, left

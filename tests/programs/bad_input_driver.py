@@ -341,17 +341,9 @@ def _cases() -> list[Case]:
 
 CASES = _cases()
 
-# cases whose fix must be made in files this task may not edit (the lead's list)
-NEEDS_RUNTIME = {
-    # the runtime opens rank 0's trace of the resumed run (truncating rows, setting its status)
-    # before it knows that rank 1 cannot open its own: a previous run's file is modified
-    "dada:resume-rank1-trace-not-a-trace-world-2",
-    # the same when the algorithm finds the mismatch after the start: the resumed run's trace was
-    # already continued (rows after the checkpoint dropped, status rewritten) when it is refused
-    "pcasgd:resume-other-model-continuing",
-}
-# (and every refusal after the start leaves the new run directory's rank<k>.h5 files: the "left"
-# field of the results, asserted empty by tests/test_bad_input.py as an expected failure)
+# cases known to fail (marked xfail by tests/test_bad_input.py); none left. Every refusal must
+# also leave no new file behind: the "left" field of the results, asserted empty there.
+NEEDS_RUNTIME: set[str] = set()
 
 
 # ------------------------------------------------------------------------------------ set-ups
