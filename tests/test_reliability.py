@@ -8,8 +8,11 @@ up to their last flush (a survivor may also see its peer's death as an MPI error
 itself, which is as good). The seconds from the failure message to the end of the job are printed
 (``pytest -s``) for the closing note; the assertion bound is loose because CI machines are busy.
 
+Then SIGTERM to every rank of a running job (what SLURM sends at the time limit and on preemption):
+for every algorithm all ranks save a checkpoint of one step and the job exits 0.
+
 The runtime's own failure tests (toy program, SIGUSR1/SIGTERM, deadlines) are in test_runtime.py;
-MD-GAN's SIGKILLed worker is also tested in test_mdgan.py.
+bitwise-equal resumes are tested per algorithm in its own test file.
 """
 from __future__ import annotations
 
@@ -100,3 +103,71 @@ def test_fail_at_ends_the_job_and_keeps_the_traces(tmp_path, algo, how):
             assert r.attrs["status"] == "running" or r.attrs["status"].startswith("failed: "), \
                 r.attrs["status"]
             assert r.comm["step"].max(initial=0) <= FAIL_STEP + 2
+
+
+# --------------------------------------------------------------------------- SIGTERM on every rank
+
+def _rank_pids(launcher_pid: int, module: str) -> list[int]:
+    """The pids of the ranks under an mpiexec (its descendants running ``-m module``)."""
+    children: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(d))
+    out, todo = [], [launcher_pid]
+    while todo:
+        pid = todo.pop()
+        for c in children.get(pid, []):
+            todo.append(c)
+            try:
+                with open(f"/proc/{c}/cmdline", "rb") as f:
+                    if module.encode() in f.read():
+                        out.append(c)
+            except OSError:
+                pass
+    return out
+
+
+@pytest.mark.parametrize("algo", sorted(JOBS))
+def test_sigterm_on_every_rank_checkpoints_and_stops(tmp_path, algo):
+    """What SLURM does at the time limit or on preemption: SIGTERM to every task of a running job.
+    Every rank finishes its step, all save a checkpoint of the same step and the job exits 0 with
+    every trace "stopped by signal"."""
+    import signal
+    n, _, extra, _ = JOBS[algo]
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    p = subprocess.Popen([mpiexec(), "-n", str(n), sys.executable, "-m", f"mpidist.{algo}", *extra,
+                          "--quiet", "--term-grace", "60", "--trace-dir", str(run_dir)],
+                         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        t0 = time.monotonic()
+        pids = []
+        while time.monotonic() - t0 < 120:   # the ranks are up and their traces exist
+            pids = _rank_pids(p.pid, f"mpidist.{algo}")
+            if len(pids) == n and all((run_dir / f"rank{k}.h5").exists() for k in range(n)):
+                break
+            time.sleep(0.3)
+        time.sleep(3.0)
+        t = time.monotonic()
+        for pid in pids:
+            os.kill(pid, signal.SIGTERM)
+        out, err = p.communicate(timeout=120)
+        took = time.monotonic() - t
+    finally:
+        p.kill()
+    print(f"\n{algo}: SIGTERM to all {n} ranks; checkpoint saved and the job ended {took:.2f} s "
+          "later")
+    assert p.returncode == 0, err[-3000:]
+    assert "SIGTERM: checkpoint of step" in out, out
+    step = int(out.split("SIGTERM: checkpoint of step")[1].split()[0])
+    run = read_run(str(run_dir))
+    assert len(run.ranks) == n
+    for r in run.ranks:
+        assert r.attrs["status"] == "stopped by signal", (r.rank, r.attrs["status"])
+        assert list(r.metric("checkpoint")[0])[-1] == step
+    assert (run_dir / "checkpoints" / f"step-{step:09d}" / "MANIFEST.json").exists()
