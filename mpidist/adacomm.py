@@ -859,10 +859,15 @@ def _summary_eval(run, model, shard, test) -> tuple[float, float, float]:
     return s[0] / s[1], s[2] / max(s[4], 1), s[3] / max(s[4], 1)
 
 
+# what a --resume may change besides the run flags: when to stop and how often to evaluate
+RESUME_MAY_CHANGE = frozenset({"steps", "epochs", "time_budget"})
+
+
 def main(argv=None):
     p = make_parser()
     p.set_defaults(**_presets(argv))
-    with runtime.start("adacomm", p, argv, check=check) as run:
+    with runtime.start("adacomm", p, argv, check=check,
+                       may_change=RESUME_MAY_CHANGE) as run:
         a = run.args
         size = a.image_size
         train_ds = data.load(a.data, a.data_root, a.download, True, size)

@@ -837,9 +837,14 @@ def check(args, world_size: int) -> str | None:
     return None
 
 
+# what a --resume may change besides the run flags: when to stop and how often to evaluate
+RESUME_MAY_CHANGE = frozenset({"steps", "eval_every"})
+
+
 def main(argv=None) -> dict:
     p = make_parser()
-    with runtime.start(ALGORITHM, p, argv, check=check) as run:
+    with runtime.start(ALGORITHM, p, argv, check=check,
+                       may_change=RESUME_MAY_CHANGE) as run:
         if run.args.centralized:
             res = adapt_centralized(run.args, run.device, run=run)
             _summary_centralized(run, res)

@@ -1016,7 +1016,8 @@ def standalone(setup: Setup, run, G, scoring: Scoring, ckpt: Checkpoints) -> lis
 
 def main(argv=None) -> None:
     p = build_parser()
-    with runtime.start("mdgan", p, argv, check=check_world) as run:
+    with runtime.start("mdgan", p, argv, check=check_world,
+                       may_change=None) as run:  # compares its settings itself
         run.trace.set_attrs(pid=os.getpid())
         setup = Setup(run)
         a = run.args

@@ -711,10 +711,15 @@ def check(args, world: int) -> str | None:
     return None
 
 
+# what a --resume may change besides the run flags: when to stop and how often to evaluate
+RESUME_MAY_CHANGE = frozenset({"steps", "epochs", "eval_every", "show_topology"})
+
+
 def main(argv=None) -> None:
     p = build_parser()
     argv = _with_preset(p, argv)
-    with runtime.start("pcasgd", p, argv, check=check) as run:
+    with runtime.start("pcasgd", p, argv, check=check,
+                       may_change=RESUME_MAY_CHANGE) as run:
         train(run)
 
 

@@ -401,7 +401,7 @@ class Run:
         self.trace.flush()  # the trace holds every row up to the checkpoint it resumes from
         checkpoint.save_rank(self.ckpt_root, step, self.rank,
                              {"algorithm": state, "step": step, "t": self.comm.clock(),
-                              "rng": self.rng_state()})
+                              "rng": self.rng_state(), "args": vars(self.args)})
         self.comm.barrier()
         if self.rank == 0:
             checkpoint.complete(self.ckpt_root, step, self.algorithm, self.world_size)
@@ -447,6 +447,25 @@ class Run:
             return False
         abort(self.rank, exc, self.trace)
         return False
+
+
+# flags a resumed run may set as it likes: where the run writes, how it talks and reports, when
+# it checkpoints and stops; none of them changes what is computed
+RUN_FLAGS = frozenset({"trace_dir", "resume", "device", "link_latency", "link_bandwidth",
+                       "comm_timeout", "flush_seconds", "progress_seconds", "quiet",
+                       "checkpoint_every", "checkpoint_seconds", "term_grace", "fail_at", "help"})
+
+
+def resume_mismatch(saved: dict, now: dict, may_change) -> str | None:
+    """The flags a resumed run changes although it must not (all but RUN_FLAGS and
+    ``may_change``), as one line, or None: a resume continues the interrupted run, it does not
+    train another configuration from its state."""
+    changed = [f"--{k.replace('_', '-')} {saved[k]!r} -> {now[k]!r}" for k in sorted(saved)
+               if k in now and k not in RUN_FLAGS and k not in may_change and saved[k] != now[k]]
+    if not changed:
+        return None
+    return ("a resumed run must continue the interrupted one, but this one changes "
+            + ", ".join(changed) + " (resume with the flags of the interrupted run)")
 
 
 def _remove_if_empty(run_dir: str, mine: bool) -> None:
@@ -532,11 +551,15 @@ def abort(rank: int, exc: BaseException, trace: TraceWriter | None = None, code:
         MPI.COMM_WORLD.Abort(code)
 
 
-def start(algorithm: str, p: ArgumentParser, argv=None, check=None) -> Run:
+def start(algorithm: str, p: ArgumentParser, argv=None, check=None,
+          may_change: frozenset | None = frozenset()) -> Run:
     """Parse arguments, check them against the world size, open the trace, seed, pick the device.
 
     ``check(args, world_size)`` may return an error string (or raise UsageError) for a configuration
-    that does not fit; every rank evaluates it alike.
+    that does not fit; every rank evaluates it alike. ``may_change``: the algorithm's flags (dest
+    names) that a ``--resume`` may give other values than the checkpointed run had (its stopping
+    rule, its evaluation); any other flag but the run flags (RUN_FLAGS) is refused with one line
+    (:func:`resume_mismatch`). None: the algorithm compares the settings itself.
     """
     world = MPI.COMM_WORLD
     rank, size = world.Get_rank(), world.Get_size()
@@ -573,6 +596,9 @@ def start(algorithm: str, p: ArgumentParser, argv=None, check=None) -> Run:
         try:
             ckpt_dir, manifest = checkpoint.find(args.resume, algorithm, size)
             resumed = checkpoint.load_rank(ckpt_dir, rank, device)
+            if may_change is not None and "args" in resumed:
+                err = resume_mismatch(resumed["args"], vars(args), may_change)
+                err = f"--resume {ckpt_dir}: {err}" if err else ""
         except checkpoint.CheckpointError as e:
             err = str(e)
         errors = [e for e in comm.allgather_object(err) if e]

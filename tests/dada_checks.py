@@ -74,7 +74,7 @@ class Checks:
         rec = None
         tdir = tdir or os.path.join(self.out, key)
         with runtime.start("dada", dada.make_parser(), argv + ["--trace-dir", tdir],
-                           check=dada.check) as run:
+                           check=dada.check, may_change=dada.RESUME_MAY_CHANGE) as run:
             rec = Recorder(run.comm) if hook else None
 
             def on_step(n, ctx):

@@ -256,3 +256,15 @@ def test_usage_error_on_one_rank_ends_the_job(tmp_path):
     assert "Traceback" not in proc.stderr
     assert elapsed < runtime.USAGE_AGREE_S + 30, elapsed
     assert read_run(str(tmp_path / "r")).ranks[1].attrs["status"] == "usage-error"
+
+
+def test_resume_mismatch_names_the_changed_flags():
+    from mpidist.runtime import resume_mismatch
+    saved = {"lr": 0.1, "steps": 5, "trace_dir": "a", "model": "cnn", "fail_at": None}
+    assert resume_mismatch(saved, {**saved, "steps": 9, "trace_dir": "b", "fail_at": (1, 0, "kill")},
+                           {"steps"}) is None  # the stopping rule and run flags may change
+    msg = resume_mismatch(saved, {**saved, "lr": 0.2, "model": "mlp"}, {"steps"})
+    assert msg.endswith("changes --lr 0.1 -> 0.2, --model 'cnn' -> 'mlp' (resume with the flags "
+                        "of the interrupted run)"), msg
+    assert "--steps" in resume_mismatch(saved, {**saved, "steps": 6}, frozenset())
+    assert resume_mismatch(saved, {"lr": 0.1}, frozenset()) is None  # flags it does not know

@@ -287,7 +287,9 @@ def _cases() -> list[Case]:
         **kw)
     # a real checkpoint of the same algorithm, resumed with another network (into a new directory,
     # and continuing the old one)
-    fit = ["does not fit this run's settings", "resume with the flags of the interrupted run"]
+    # (refused from the flags saved with the checkpoint, before the networks are built)
+    fit = ["a resumed run must continue the interrupted one, but this one changes --model 'cnn' "
+           "-> 'mlp'", "resume with the flags of the interrupted run"]
     saved = {"pcasgd": ["--checkpoint-every", "2", "--steps", "3"],
              "adacomm": ["--method", "pasgd", "--tau", "1", "--checkpoint-every", "2", "--steps",
                          "3"]}
@@ -300,7 +302,9 @@ def _cases() -> list[Case]:
         **kw)
     out[-1].argv = [a for a in out[-1].argv if a not in ("--trace-dir", "{d}/run")]
     add("dada:resume-other-image-size-world-2", "dada", ["--resume", "{d}/old", "--image-size",
-                                                         "20"], fit, world=2,
+                                                         "20"],
+        ["a resumed run must continue the interrupted one, but this one changes --image-size",
+         "-> 20"], world=2,
         before=BASE[2]["dada"] + ["--checkpoint-every", "2", "--quiet", "--trace-dir", "{d}/old"],
         **kw)
     w2 = dict(world=2, kind="resume")

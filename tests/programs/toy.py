@@ -25,7 +25,7 @@ def main(argv=None):
     p.add_argument("--pid-file", default=None, help="each rank writes its pid to PID_FILE.<rank>")
     p.add_argument("--bad-rank", type=int, default=-1,
                    help="this rank alone finds a usage error at step 1 (the others go on)")
-    with runtime.start("toy", p, argv, check) as run:
+    with runtime.start("toy", p, argv, check, may_change=frozenset({"steps"})) as run:
         r, n = run.rank, run.world_size
         fail = tuple(int(v) for v in run.args.raise_at.split(":")) if run.args.raise_at else None
         x = torch.full((run.args.size,), float(r))
