@@ -468,6 +468,14 @@ def resume_mismatch(saved: dict, now: dict, may_change) -> str | None:
             + ", ".join(changed) + " (resume with the flags of the interrupted run)")
 
 
+def _probe_writable(run_dir: str) -> None:
+    """Create and remove a file in ``run_dir`` (raises OSError): a real test, where os.access
+    says yes to root even on a read-only file system or a kernel directory."""
+    import tempfile
+    with tempfile.NamedTemporaryFile(dir=run_dir, prefix=".mpidist-probe-"):
+        pass
+
+
 def _remove_if_empty(run_dir: str, mine: bool) -> None:
     """Remove the run directory this run created (``mine``) if nothing is left in it."""
     if mine:
@@ -618,8 +626,10 @@ def start(algorithm: str, p: ArgumentParser, argv=None, check=None,
             if os.path.exists(rank_path(run_dir, 0)) and not continuing:
                 err = (f"--trace-dir {run_dir} already holds a trace (rank0.h5); choose another "
                        "directory so that the earlier run is not overwritten")
-            elif not os.access(run_dir, os.W_OK):
-                err = f"--trace-dir {run_dir} is not writable"
+            else:
+                _probe_writable(run_dir)
+        except PermissionError as e:
+            err = f"--trace-dir {run_dir} is not writable ({e.strerror})"
         except OSError as e:
             err = f"--trace-dir {run_dir}: cannot create it ({e.strerror})"
     run_dir, err = comm.bcast_object((run_dir, err))

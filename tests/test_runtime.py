@@ -38,6 +38,11 @@ def test_clean_run_writes_traces(tmp_path):
     (["--steps", "0"], "must be a positive integer"),
     (["--need-ranks", "3"], "needs 3 ranks, the world has 2"),
     (["--link-bandwidth", "0.5"], "bytes per second"),
+    # a directory even root cannot write in (os.access would say yes to root)
+    pytest.param(["--trace-dir", "/sys/kernel"],
+                 "--trace-dir /sys/kernel is not writable (Permission denied)",
+                 marks=pytest.mark.skipif(not os.path.isdir("/sys/kernel"), reason="no /sys")),
+    (["--trace-dir", "/proc/self/nothing/run"], "--trace-dir /proc/self/nothing/run: cannot create"),
 ])
 def test_bad_input_one_line_on_rank0_and_exit_2(tmp_path, argv, message):
     t = time.monotonic()
