@@ -49,8 +49,9 @@
 # is ended after the grace period). SIGTERM, which SLURM sends to every task at the time limit
 # itself, on preemption and on scancel, does the same within --term-grace seconds (default 10,
 # below SLURM's KillWait; SIGKILL follows KillWait): a checkpoint if the ranks can agree in time.
-# On SIGTERM this script does not requeue: after `scancel` the job ends, and a cluster that preempts
-# with PreemptMode=REQUEUE requeues it by itself; the next attempt resumes from the checkpoint.
+# After SIGTERM at the time limit itself (a job without the early signal, or one whose lead was too
+# short) this script requeues too; after `scancel` the job ends, and a cluster that preempts with
+# PreemptMode=REQUEUE requeues it by itself; the next attempt resumes from the checkpoint.
 #
 # The site's MPI. On a cluster use the site's MPI library, not the `mpich` wheel, and build mpi4py
 # against it once, in the virtual environment the job uses:
@@ -189,7 +190,7 @@ mpidist_job() {
     mpidist_log "launch: ${launch[*]} ${cmd[*]}"
 
     # the early signal (time limit) and SIGTERM (preemption, scancel): pass on, let the ranks save
-    MPIDIST_SIGNAL="" MPIDIST_WATCHDOG=""
+    MPIDIST_SIGNAL="" MPIDIST_WATCHDOG="" MPIDIST_TERM_REASON=""
     trap 'mpidist_on_signal USR1 "${MPIDIST_RANK_SIGNAL:-USR1}"' USR1
     trap '[ "$MPIDIST_SIGNAL" = USR1 ] || mpidist_on_term' TERM
     "${launch[@]}" "${cmd[@]}" &
@@ -205,16 +206,22 @@ mpidist_job() {
     status=$(mpidist_status "$py" "$trace_dir")
     mpidist_log "ranks ended with status $rc (trace status: ${status:-none})"
 
-    # requeue a run that the early signal stopped: it saved a checkpoint and said so in its trace
-    # ("stopped by signal"), or it was ended (non-zero status); not one that finished anyway
-    if [ "$MPIDIST_SIGNAL" = USR1 ] && { [ "$rc" != 0 ] || [ "$status" = "stopped by signal" ]; }; then
+    # requeue a run that the early signal or the time limit itself (SIGTERM with reason TimeLimit)
+    # stopped: it saved a checkpoint and said so in its trace ("stopped by signal"), or it was
+    # ended (non-zero status); not one that finished anyway, nor one that was cancelled
+    local limit=""
+    if [ "$MPIDIST_SIGNAL" = USR1 ]; then limit="time limit near"
+    elif [ "$MPIDIST_SIGNAL" = TERM ] && [ "$MPIDIST_TERM_REASON" = TimeLimit ]; then
+        limit="time limit reached"
+    fi
+    if [ -n "$limit" ] && { [ "$rc" != 0 ] || [ "$status" = "stopped by signal" ]; }; then
         local max=${MPIDIST_MAX_REQUEUES:-3}
         if [ -n "${SLURM_JOB_ID:-}" ] && [ "$attempt" -lt "$max" ]; then
-            mpidist_log "time limit near: requeueing (restart $((attempt + 1)) of at most $max)"
+            mpidist_log "$limit: requeueing (restart $((attempt + 1)) of at most $max)"
             scontrol requeue "$SLURM_JOB_ID" && { sleep 60; return 0; }  # SLURM ends this script
             mpidist_log "error: scontrol requeue failed (was the job submitted with --requeue?)"
         else
-            mpidist_log "time limit near after $attempt restarts (MPIDIST_MAX_REQUEUES=$max): not requeueing"
+            mpidist_log "$limit after $attempt restarts (MPIDIST_MAX_REQUEUES=$max): not requeueing"
         fi
         return 1
     fi
@@ -231,12 +238,17 @@ mpidist_job() {
 
 # mpidist_on_term: the batch script got SIGTERM (time limit, preemption, scancel). Under SLURM
 # every task got it too, from slurmstepd: the runtime makes the ranks agree on a step, save a
-# checkpoint and exit within --term-grace; passing it on would be a second SIGTERM. Outside SLURM
-# the launcher gets it (MPICH's mpiexec then ends the ranks at once).
+# checkpoint and exit within --term-grace; passing it on would be a second SIGTERM. At the time
+# limit (job reason TimeLimit) the job then requeues itself like after the early signal. Outside
+# SLURM the launcher gets it (MPICH's mpiexec then ends the ranks at once).
 mpidist_on_term() {
     MPIDIST_SIGNAL=TERM
     if [ -n "${SLURM_JOB_ID:-}" ]; then
-        mpidist_log "got SIGTERM: SLURM signals every rank itself (they save a checkpoint and stop)"
+        # why: TimeLimit (then the job requeues itself once the ranks saved), or a cancel
+        MPIDIST_TERM_REASON=$(scontrol show job -o "$SLURM_JOB_ID" 2>/dev/null \
+                              | sed -n 's/.* Reason=\([A-Za-z_]*\).*/\1/p')
+        mpidist_log "got SIGTERM (reason ${MPIDIST_TERM_REASON:-unknown}): SLURM signals every" \
+                    "rank itself (they save a checkpoint and stop)"
     else
         mpidist_log "got SIGTERM: passing it on to the launcher"
         kill -s TERM "$MPIDIST_STEP_PID" 2>/dev/null

@@ -33,6 +33,7 @@ TINY = {
     "mdgan": (3, ["-I", "3"], {}),
 }
 REQUEUE_STEPS = 150
+TIMELIMIT_STEPS = 2400  # 0.05 s each: more than the one-minute limit of the first attempt
 WAIT_S = 540
 
 
@@ -103,12 +104,12 @@ def job_info(jid: str) -> dict:
     return dict(re.findall(r"(\w+)=(\S*)", out))
 
 
-def submit(tmp, name, script, ntasks, args, env=None):
+def submit(tmp, name, script, ntasks, args, env=None, opts=()):
     e = dict(os.environ, MPIDIST_RUNS=str(tmp / "runs"), MPIDIST_PYTHON=sys.executable,
              OMP_NUM_THREADS="1", **(env or {}))
     cmd = ["sbatch", "--parsable", f"--job-name={name}", "--gpus-per-task=0", "--cpus-per-task=1",
            "--nodes=1", f"--ntasks-per-node={ntasks}", "--time=15",
-           f"--output={tmp}/slurm-%x-%j.out", script, *args]
+           f"--output={tmp}/slurm-%x-%j.out", *opts, script, *args]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=e, cwd=str(tmp))
     assert p.returncode == 0, p.stderr
     return p.stdout.strip().split(";")[0]
@@ -136,9 +137,16 @@ def jobs(tmp_path_factory):
                          ["--steps", str(REQUEUE_STEPS), "--compute-seconds", "0.05"],
                          {"MPIDIST_MODULE": "trace_demo",
                           "PYTHONPATH": os.path.join(REPO, "tests")})
+    # the time-limit job: one minute, no usable early signal (URG, ignored): SIGTERM at the limit
+    # itself; the script requeues it, and the fixture gives the second attempt time to finish
+    ids["timelimit"] = submit(tmp, "timelimit", os.path.join(JOBS, "adacomm.sbatch"), 2,
+                              ["--steps", str(TIMELIMIT_STEPS), "--compute-seconds", "0.05"],
+                              {"MPIDIST_MODULE": "trace_demo",
+                               "PYTHONPATH": os.path.join(REPO, "tests")},
+                              opts=["--time=1", "--signal=B:URG@1"])
     deadline = time.monotonic() + WAIT_S
-    rq, term = ids["requeue"], ids["term"]
-    signalled = released = cancelled = False
+    rq, term, tl = ids["requeue"], ids["term"], ids["timelimit"]
+    signalled = released = cancelled = tl_released = False
     while time.monotonic() < deadline:
         if not signalled and steps_done(tmp / "runs" / f"adacomm-{rq}" / "trace") >= 3:
             # a few steps in (so the ranks' signal handlers are in place): the early signal
@@ -153,6 +161,10 @@ def jobs(tmp_path_factory):
             # SLURM holds a requeued job back for a while (BeginTime); let it start now
             sh("scontrol", "update", f"JobId={rq}", "StartTime=now")
             released = True
+        info = job_info(tl)
+        if not tl_released and info.get("JobState") == "PENDING" and info.get("Restarts") == "1":
+            sh("scontrol", "update", f"JobId={tl}", "StartTime=now", "TimeLimit=15")
+            tl_released = True
         states = {k: job_info(j).get("JobState") for k, j in ids.items()}
         if all(s in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY")
                for s in states.values()):
@@ -245,7 +257,8 @@ def test_scancel_sigterm_checkpoints_every_rank(jobs):
     jid = ids["term"]
     out = output(tmp, "term", jid)
     assert job_info(jid)["JobState"] == "CANCELLED", out
-    assert "got SIGTERM: SLURM signals every rank itself" in out
+    assert "got SIGTERM (reason " in out and "SLURM signals every rank itself" in out
+    assert "got SIGTERM (reason TimeLimit)" not in out and "requeueing" not in out
     assert "(trace status: stopped by signal)" in out and "ranks ended with status 0" in out
     run_dir = tmp / "runs" / f"adacomm-{jid}"
     run = trace.read_run(str(run_dir / "trace"))
@@ -257,3 +270,27 @@ def test_scancel_sigterm_checkpoints_every_rank(jobs):
         saved.add(int(ck[0]))
     assert len(saved) == 1  # the same step on every rank
     assert os.listdir(run_dir / "trace" / "checkpoints") == [f"step-{saved.pop():09d}"]
+
+
+@needs_slurm
+def test_time_limit_sigterm_checkpoints_and_requeues(jobs):
+    """A job that reaches its time limit without the early signal: SLURM's SIGTERM makes every rank
+    checkpoint, the script sees the reason TimeLimit and requeues; the second attempt resumes and
+    finishes, every step exactly once in the trace."""
+    tmp, ids = jobs
+    jid = ids["timelimit"]
+    out = output(tmp, "timelimit", jid)
+    info = job_info(jid)
+    assert (info["JobState"], info["Restarts"]) == ("COMPLETED", "1"), out[-3000:]
+    assert "got SIGTERM (reason TimeLimit)" in out
+    assert "time limit reached: requeueing (restart 1 of at most 3)" in out
+    assert "(trace status: stopped by signal)" in out
+    run_dir = tmp / "runs" / f"adacomm-{jid}"
+    attempts = (run_dir / "job.txt").read_text().split("attempt ")[1:]
+    assert len(attempts) == 2 and f"--resume {run_dir}/trace" in attempts[1]
+    run = trace.read_run(str(run_dir / "trace"))
+    for r in run.ranks:
+        assert r.attrs["status"] == "ok"
+        assert list(r.metric("loss")[0]) == list(range(TIMELIMIT_STEPS)), r.rank
+        ck, _, _ = r.metric("checkpoint")
+        assert len(ck) == 1 and r.attrs["resumed_at_step"] == ck[0]
