@@ -378,6 +378,15 @@ class Mailbox:
     def pending(self) -> int:
         return sum(h is not None for h in self.handles)
 
+    def withdraw(self) -> None:
+        """Stopping early (a stop signal): cancel the receives posted ahead for later steps, so that
+        no request is left pending at the end (a matched one completes as usual)."""
+        for k, hs in enumerate(self.handles):
+            if hs is not None:
+                for h in hs:
+                    h.cancel()
+                self.handles[k] = None
+
 
 class Outbox:
     """Send buffers (numel values + stamp) that stay untouched until every send from them is done:
@@ -540,6 +549,13 @@ class Agent:
         if st_unrel is not None:
             m(t, "staleness_unreliable", st_unrel)
         return StepInfo(theta, cp, cc, st_rel, st_unrel)
+
+    def stop_early(self) -> None:
+        """After the checkpoint of a stop signal: withdraw the receives posted ahead and complete
+        every send (the peers posted their receives for them, up to the same step)."""
+        for box in self.rel_box + self.unrel_box:
+            box.withdraw()
+        self.out.drain()
 
     def finish(self) -> None:
         """Complete every send (all receives were consumed by the last step)."""
@@ -803,7 +819,8 @@ def train(run) -> None:
         # every 10 steps (and on the --checkpoint-every steps) instead
         if ((t + 1) % 10 == 0 or (every and (t + 1) % every == 0)) and t < steps - 1:
             if run.checkpoint(t, lambda: state(t)):
-                return  # stopped by the signal; receives posted for later steps stay pending
+                agent.stop_early()  # stopped by the signal: withdraw the receives posted ahead
+                return
     agent.finish()
 
     # the summary: every agent's final test accuracy (the paper's metric: the agents' average)
