@@ -30,8 +30,8 @@ Agreement without a shared clock: every decision (is this the end of an interval
 learning rate, stopping at the time budget) is taken at an averaging step from values that came out
 of the same allreduce as the model, so every rank sees the same bits: the workers' training loss
 (averaged), their elapsed training time (averaged, so no single rank's clock decides) and the
-initial loss F(x_0), and any stop signal (SIGUSR1: every rank checkpoints at the same averaging
-step and stops). Four control slots at the end of the averaged buffer carry them. (This
+initial loss F(x_0), and any stop signal (SIGUSR1 or SIGTERM: every rank checkpoints at the
+same averaging step and stops). Four control slots at the end of the averaged buffer carry them. (This
 relies on the allreduce giving every rank the same result, which MPI recommends and MPICH's
 algorithms do; the tests check it bit for bit.)
 
@@ -207,7 +207,7 @@ class CommSchedule:
 # ===================================================================== the exchange
 
 # control slots appended to every averaged buffer: the worker's recent training loss, its elapsed
-# training time, its first loss F(x_0), and its stop signal (SIGUSR1: checkpoint and stop)
+# training time, its first loss F(x_0), and its stop signal (SIGUSR1/SIGTERM: checkpoint and stop)
 CTRL = ("loss", "time", "loss0", "stop")
 _LOSS, _TIME, _LOSS0, _STOP = range(len(CTRL))
 
@@ -376,7 +376,7 @@ class GradientAverager:
 class Report:
     """What an averaging step agreed on: loss F averaged over workers, elapsed training time
     averaged over workers, the new interval if this step started one, and whether any worker
-    asked to stop (SIGUSR1)."""
+    asked to stop (SIGUSR1/SIGTERM)."""
     step: int
     F: float
     time: float

@@ -29,7 +29,7 @@ Only discriminator gradients (sync, ga) or weights (naive, ma, dpsgd) cross rank
 transfer, on channel ``disc_grads`` / ``disc_params``, one D-sized message to every other rank per
 sync-up step: no images, features or labels. After training each target sends its two accuracies
 (three float64) on channel ``report`` for rank 0's summary; every 10 sync-up steps one 8-byte
-allreduce on channel ``control`` agrees on a stop signal (SIGUSR1: checkpoint and stop, see
+allreduce on channel ``control`` agrees on a stop signal (SIGUSR1/SIGTERM: checkpoint and stop, see
 :func:`adapt_distributed`). With more than one target, all of them join the same discriminator
 averaging (the mean over all ranks, taken in rank order so that every rank computes the same bits)
 and each reports its own accuracy.
@@ -516,7 +516,7 @@ class StepContext:
         self.fp, self.rule, self.node, self.exchange = fp, rule, node, exchange
 
 
-STOP_AGREEMENT_SYNCS = 10  # a stop signal (SIGUSR1) is agreed on every this many sync-up steps
+STOP_AGREEMENT_SYNCS = 10  # a stop signal is agreed on every this many sync-up steps
 
 
 def checkpoint_state(n, fpD, rule, node, ex, fixed) -> dict:
@@ -548,7 +548,8 @@ def adapt_distributed(run, on_step=None, cache: dict | None = None, summary: boo
     Checkpoints (``--checkpoint-every``, ``--resume``, SIGUSR1/SIGTERM): every rank saves its state
     after the steps n with ``n % checkpoint_every == 0``; a stop signal and a due timed checkpoint
     (``--checkpoint-every 15m``) are agreed on (one 8-byte allreduce on channel ``control``) every
-    STOP_AGREEMENT_SYNCS sync-up steps, and then every rank saves (and stops). A resumed run skips the pre-training and the initial transfer.
+    STOP_AGREEMENT_SYNCS sync-up steps, and then every rank saves (and stops). A resumed run skips
+    the pre-training and the initial transfer.
     """
     args, comm, dev, rank = run.args, run.comm, run.device, run.rank
     t_start = time.perf_counter()

@@ -44,8 +44,8 @@ its notice arrived); on workers ``loss_d``, ``loss_g``, ``swap_to``/``swap_from`
 every rank's trace gets the attribute ``params_sha256`` (its final parameters: w on the server, the
 theta_n it holds on a worker; FL-GAN and standalone: w and theta), rank 0 prints G's.
 
-Checkpoints (``--checkpoint-every C``, ``--resume DIR``, SIGUSR1; files as in mpidist.checkpoint):
-taken on every rank at the end of the same iteration, where no message is in flight (after the
+Checkpoints (``--checkpoint-every C``, ``--resume DIR``, SIGUSR1/SIGTERM; files as in
+mpidist.checkpoint): taken on every rank at the end of the same iteration, where no message is in flight (after the
 swap); an iteration is a step, so ``--checkpoint-every C`` saves after iterations C, 2C, ...
 (FL-GAN: at the end of the first round reaching each multiple of C, rounds being the only points
 where its ranks meet); a duration (``--checkpoint-every 15m``) saves at the first stop agreement
@@ -58,8 +58,8 @@ D, both Adam states, data position, scores. The per-iteration draws (class codes
 derangements, crash order) come from the shared seed by iteration number and need no state. Every
 rank also saves the run's settings (mode, k, b, L, E, learning rates, betas, architecture, latent
 size, losses, crash period T, data, seed); ``--resume`` with any of them changed is refused with
-one line, while -I, the score flags and the run flags may change. A stop signal (SIGUSR1 on any
-rank, or whatever else mpidist.runtime turns into one) is agreed every 10 iterations
+one line, while -I, the score flags and the run flags may change. A stop signal (SIGUSR1 or
+SIGTERM on any rank, or whatever else mpidist.runtime turns into one) is agreed every 10 iterations
 (STOP_AGREEMENT_ITERATIONS) and at every checkpoint (FL-GAN: every round) by one 8-byte allreduce
 on channel ``control``; then every rank saves that iteration and the job ends with status 0. A
 worker that stopped (emulated crash) still joins these agreements and checkpoints: they are the
@@ -90,7 +90,7 @@ TAG_FL_W, TAG_FL_THETA = 21, 22
 # streams of the shared seed (every rank draws the same numbers from them)
 _LABEL_STREAM, _SWAP_STREAM, _CRASH_STREAM = 101, 102, 103
 _FOREVER = 1e9  # deadline of the final wait of a worker that stopped (it idles until the end)
-STOP_AGREEMENT_ITERATIONS = 10  # a stop signal (SIGUSR1) is agreed on every this many iterations
+STOP_AGREEMENT_ITERATIONS = 10  # a stop signal is agreed on every this many iterations
 
 
 # =============================================================================== pure rules

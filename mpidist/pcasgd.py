@@ -53,8 +53,8 @@ The exchange (deterministic emulation of the paper's fixed delay, all through mp
 Every agent starts from the same x_0 (broadcast from rank 0, channel ``init``). Each agent keeps
 the history x_{t-tau}^i .. x_{t-1}^i of its own parameters that Eq. 2 reads (a ring of tau copies).
 
-Checkpoints (``--checkpoint-every``, ``--resume``, SIGUSR1 from the job templates; mpidist.runtime):
-a checkpoint after step c holds, per agent, the model (parameters and buffers), the data position,
+Checkpoints (``--checkpoint-every``, ``--resume``, SIGUSR1 from the job templates, SIGTERM from
+SLURM; mpidist.runtime): a checkpoint after step c holds, per agent, the model (parameters and buffers), the data position,
 the own-iterate history, the momentum buffer and every message that arrived but is consumed after
 step c; a resumed job re-posts the receives of later messages and continues exactly as the
 uninterrupted run would. The stop signal is looked at every 10 steps (an allreduce over all
@@ -814,8 +814,8 @@ def train(run) -> None:
             shown["test_acc"] = acc
         run.progress(t + 1, steps, **shown)
         run.step_done(t)
-        # checkpoints (--checkpoint-every) and the stop signal (SIGUSR1): the runtime agrees on them
-        # with an allreduce over all ranks, which would couple the clusters every step; asked
+        # checkpoints (--checkpoint-every) and the stop signal (SIGUSR1/SIGTERM): the runtime agrees
+        # on them with an allreduce over all ranks, which would couple the clusters every step; asked
         # every 10 steps (and on the --checkpoint-every steps) instead
         if ((t + 1) % 10 == 0 or (every and (t + 1) % every == 0)) and t < steps - 1:
             if run.checkpoint(t, lambda: state(t)):
