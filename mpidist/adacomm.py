@@ -30,8 +30,8 @@ Agreement without a shared clock: every decision (is this the end of an interval
 learning rate, stopping at the time budget) is taken at an averaging step from values that came out
 of the same allreduce as the model, so every rank sees the same bits: the workers' training loss
 (averaged), their elapsed training time (averaged, so no single rank's clock decides) and the
-initial loss F(x_0), and any stop signal (SIGUSR1 or SIGTERM: every rank checkpoints at the
-same averaging step and stops). Four control slots at the end of the averaged buffer carry them. (This
+initial loss F(x_0), and any stop signal (SIGUSR1 or SIGTERM: every rank checkpoints at the same
+averaging step and stops). Four control slots at the end of the averaged buffer carry them. (This
 relies on the allreduce giving every rank the same result, which MPI recommends and MPICH's
 algorithms do; the tests check it bit for bit.)
 

@@ -45,27 +45,27 @@ every rank's trace gets the attribute ``params_sha256`` (its final parameters: w
 theta_n it holds on a worker; FL-GAN and standalone: w and theta), rank 0 prints G's.
 
 Checkpoints (``--checkpoint-every C``, ``--resume DIR``, SIGUSR1/SIGTERM; files as in
-mpidist.checkpoint): taken on every rank at the end of the same iteration, where no message is in flight (after the
-swap); an iteration is a step, so ``--checkpoint-every C`` saves after iterations C, 2C, ...
-(FL-GAN: at the end of the first round reaching each multiple of C, rounds being the only points
-where its ranks meet); a duration (``--checkpoint-every 15m``) saves at the first stop agreement
-(below) after it passed. A checkpoint holds, besides the RNG states and the clock: the server's G
-(w and its BatchNorm statistics), G's Adam state, the live workers and the scores so far; on each
-worker the D_n it holds now (after the swaps so far: swaps move theta, Adam's moments stay with the
-worker), its Adam state, its data position and whether it has stopped (emulated crash); FL-GAN: the
-server's averaged G and D, every worker's G, D, both Adam states and data position; standalone: G,
-D, both Adam states, data position, scores. The per-iteration draws (class codes, swap
-derangements, crash order) come from the shared seed by iteration number and need no state. Every
-rank also saves the run's settings (mode, k, b, L, E, learning rates, betas, architecture, latent
-size, losses, crash period T, data, seed); ``--resume`` with any of them changed is refused with
-one line, while -I, the score flags and the run flags may change. A stop signal (SIGUSR1 or
-SIGTERM on any rank, or whatever else mpidist.runtime turns into one) is agreed every 10 iterations
-(STOP_AGREEMENT_ITERATIONS) and at every checkpoint (FL-GAN: every round) by one 8-byte allreduce
-on channel ``control``; then every rank saves that iteration and the job ends with status 0. A
-worker that stopped (emulated crash) still joins these agreements and checkpoints: they are the
-job's messages, not the algorithm's. A resumed run continues the trace (each iteration once) and
-ends with the same parameters as an uninterrupted run, bit for bit on CPU: resume with the same
-command plus ``--resume <run dir>``.
+mpidist.checkpoint): taken on every rank at the end of the same iteration, where no message is in
+flight (after the swap); an iteration is a step, so ``--checkpoint-every C`` saves after iterations
+C, 2C, ... (FL-GAN: at the end of the first round reaching each multiple of C, rounds being the
+only points where its ranks meet); a duration (``--checkpoint-every 15m``) saves at the first stop
+agreement (below) after it passed. A checkpoint holds, besides the RNG states and the clock: the
+server's G (w and its BatchNorm statistics), G's Adam state, the live workers and the scores so
+far; on each worker the D_n it holds now (after the swaps so far: swaps move theta, Adam's moments
+stay with the worker), its Adam state, its data position and whether it has stopped (emulated
+crash); FL-GAN: the server's averaged G and D, every worker's G, D, both Adam states and data
+position; standalone: G, D, both Adam states, data position, scores. The per-iteration draws (class
+codes, swap derangements, crash order) come from the shared seed by iteration number and need no
+state. Every rank also saves the run's settings (mode, k, b, L, E, learning rates, betas,
+architecture, latent size, losses, crash period T, data, seed); ``--resume`` with any of them
+changed is refused with one line, while -I, the score flags and the run flags may change. A stop
+signal (SIGUSR1 or SIGTERM on any rank, or whatever else mpidist.runtime turns into one) is agreed
+every 10 iterations (STOP_AGREEMENT_ITERATIONS) and at every checkpoint (FL-GAN: every round) by
+one 8-byte allreduce on channel ``control``; then every rank saves that iteration and the job ends
+with status 0. A worker that stopped (emulated crash) still joins these agreements and checkpoints:
+they are the job's messages, not the algorithm's. A resumed run continues the trace (each iteration
+once) and ends with the same parameters as an uninterrupted run, bit for bit on CPU: resume with
+the same command plus ``--resume <run dir>``.
 """
 from __future__ import annotations
 

@@ -54,11 +54,11 @@ Every agent starts from the same x_0 (broadcast from rank 0, channel ``init``). 
 the history x_{t-tau}^i .. x_{t-1}^i of its own parameters that Eq. 2 reads (a ring of tau copies).
 
 Checkpoints (``--checkpoint-every``, ``--resume``, SIGUSR1 from the job templates, SIGTERM from
-SLURM; mpidist.runtime): a checkpoint after step c holds, per agent, the model (parameters and buffers), the data position,
-the own-iterate history, the momentum buffer and every message that arrived but is consumed after
-step c; a resumed job re-posts the receives of later messages and continues exactly as the
-uninterrupted run would. The stop signal is looked at every 10 steps (an allreduce over all
-ranks, not done every step so as not to couple the clusters).
+SLURM; mpidist.runtime): a checkpoint after step c holds, per agent, the model (parameters and
+buffers), the data position, the own-iterate history, the momentum buffer and every message that
+arrived but is consumed after step c; a resumed job re-posts the receives of later messages and
+continues exactly as the uninterrupted run would. The stop signal is looked at every 10 steps (an
+allreduce over all ranks, not done every step so as not to couple the clusters).
 
 Metrics in the trace (per rank, per step unless said): ``loss`` (local mini-batch), ``theta``
 (theta_t used: 1 predicting, 0 clipping, or the fixed value), ``cos_pre`` / ``cos_cli`` (Eq. 12's
@@ -814,9 +814,9 @@ def train(run) -> None:
             shown["test_acc"] = acc
         run.progress(t + 1, steps, **shown)
         run.step_done(t)
-        # checkpoints (--checkpoint-every) and the stop signal (SIGUSR1/SIGTERM): the runtime agrees
-        # on them with an allreduce over all ranks, which would couple the clusters every step; asked
-        # every 10 steps (and on the --checkpoint-every steps) instead
+        # checkpoints (--checkpoint-every) and the stop signal (SIGUSR1/SIGTERM): the runtime
+        # agrees on them with an allreduce over all ranks, which would couple the clusters every
+        # step; asked every 10 steps (and on the --checkpoint-every steps) instead
         if ((t + 1) % 10 == 0 or (every and (t + 1) % every == 0)) and t < steps - 1:
             if run.checkpoint(t, lambda: state(t)):
                 agent.stop_early()  # stopped by the signal: withdraw the receives posted ahead
