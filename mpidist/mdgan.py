@@ -81,7 +81,6 @@ import torch.nn.functional as F
 from . import checkpoint, data, metrics, runtime
 from .comm import FlatParams, waitall
 from .errors import UsageError
-from .models import count_parameters
 from .models import gan as gan_models
 
 # tags of the point-to-point messages (distinct per channel)
