@@ -396,7 +396,8 @@ class PeriodicAveragingSGD:
     ``clock()`` gives this rank's elapsed training seconds (only ever used averaged over ranks);
     ``window``: the number of recent local mini-batch losses whose mean each worker contributes to
     F; ``stop_flag()``: this worker's stop code (``Run.stop_code``: 2 x a stop signal's number, + 1
-    when a timed checkpoint is due), agreed (maximum) through the control slots like everything else.
+    when a timed checkpoint is due), agreed through the (averaged) control slots like everything
+    else (``runtime.stop_term`` / ``stop_from_mean``).
     """
 
     def __init__(self, optimizer, state: FlatState, exchange, schedule: CommSchedule, clock,
@@ -438,13 +439,14 @@ class PeriodicAveragingSGD:
         k = max(1, min(self.seen, self.window))  # ring[:window]: the last `window` losses
         ctrl[_LOSS] = self.ring[:k].mean()
         ctrl[_TIME] = self.clock()
-        ctrl[_STOP] = float(self.stop_flag())
+        ctrl[_STOP] = runtime.stop_term(self.stop_flag(), self.exchange.comm.size)
 
     def _agree(self, ctrl: torch.Tensor, step: int) -> Report:
         loss, t, loss0, stop = ctrl.tolist()
         row = self.schedule.averaged(step, loss, t, loss0)
-        save, halt = runtime.decode_stop(stop)
-        return Report(step, loss, t, row, halt, save, stop)
+        code = runtime.stop_from_mean(stop, self.exchange.comm.size)  # the slots are averaged
+        save, halt = runtime.decode_stop(code)
+        return Report(step, loss, t, row, halt, save, code)
 
     # -------------------------------------------------------------- the step
     def step(self, loss: torch.Tensor, step: int = 0) -> Report | None:

@@ -259,6 +259,25 @@ def _usage_exit(algorithm: str, rank: int, message: str) -> None:
     raise SystemExit(2)
 
 
+def stop_term(code: float, n: int) -> float:
+    """:meth:`Run.stop_code` as one rank's term of a SUM (or mean) over ``n`` ranks, for agreements
+    that can only add, like AdaComm's averaged control slots: a mean of codes would mix them (a
+    SIGTERM on one of two ranks would read as signal 7). :func:`stop_from_mean` recovers the code
+    the maximum would have given."""
+    sig, due = int(code) // 2, int(code) % 2
+    b = n + 1  # counts of n ranks never carry into the next digit
+    return float(b * b * (sig == signal.SIGTERM) + b * (sig == signal.SIGUSR1) + due)
+
+
+def stop_from_mean(mean: float, n: int) -> float:
+    """The agreed stop code from the mean over ``n`` ranks of :func:`stop_term` (see there)."""
+    b = n + 1
+    total = int(round(mean * n))
+    term, usr1, due = total // (b * b), (total // b) % b, total % b
+    sig = signal.SIGTERM if term else signal.SIGUSR1 if usr1 else 0
+    return 2.0 * int(sig) + (1.0 if due else 0.0)
+
+
 USAGE_AGREE_S = 10.0  # how long a rank with a usage error waits for the others to find it too
 
 

@@ -231,6 +231,19 @@ def test_checkpoint_period_and_stop_codes():
     assert decode_stop(2 * 10) == (True, True) and decode_stop(2 * 15 + 1) == (True, True)
 
 
+@pytest.mark.parametrize("codes", [[0, 0], [30, 0], [0, 20, 0], [1, 0, 0, 0], [20, 30, 1],
+                                   [21] * 7, [0] * 5 + [31], [1] * 3])
+def test_stop_codes_agreed_through_a_mean(codes):
+    """AdaComm agrees through averaged slots: the mean of the terms decides what the max over the
+    ranks decides (save, stop, and which signal), also with a timer due beside a signal."""
+    from mpidist.runtime import decode_stop, stop_from_mean, stop_term
+    n = len(codes)
+    agreed = stop_from_mean(sum(stop_term(c, n) for c in codes) / n, n)
+    assert decode_stop(agreed) == decode_stop(max(codes))
+    assert int(agreed) // 2 == max(codes) // 2                    # the signal named
+    assert int(agreed) % 2 == any(c % 2 for c in codes)          # any rank's timer
+
+
 def test_timed_checkpoints(tmp_path):
     """--checkpoint-every 1s on a ~4 s run: checkpoints at steps all ranks agreed on, about one
     per second (the newest two kept), and the run resumes from the last one."""
