@@ -227,16 +227,16 @@ class TraceWriter:
         with self.lock:
             if self.closed:
                 return False
-            self.closed = True
             if self._resume is not None:
+                self.closed = True
                 return False
             if self.created and not self._rows_written:
                 try:
                     os.remove(self.path)
+                    self.closed = True
                     return True
                 except OSError:
                     pass
-            self.closed = False
             self.close(status)
             return False
 
