@@ -147,6 +147,7 @@ def jobs(tmp_path_factory):
     deadline = time.monotonic() + WAIT_S
     rq, term, tl = ids["requeue"], ids["term"], ids["timelimit"]
     signalled = released = cancelled = tl_released = False
+    pending_since = {}  # job id -> when it was first seen pending again after its requeue
     while time.monotonic() < deadline:
         if not signalled and steps_done(tmp / "runs" / f"adacomm-{rq}" / "trace") >= 3:
             # a few steps in (so the ranks' signal handlers are in place): the early signal
@@ -155,14 +156,11 @@ def jobs(tmp_path_factory):
         if not cancelled and steps_done(tmp / "runs" / f"adacomm-{term}" / "trace") >= 3:
             assert sh("scancel", term).returncode == 0
             cancelled = True
-        info = job_info(rq)
-        if (signalled and not released and info.get("JobState") == "PENDING"
-                and info.get("Restarts") == "1"):
+        if signalled and not released and requeued_a_while(rq, pending_since):
             # SLURM holds a requeued job back for a while (BeginTime); let it start now
             sh("scontrol", "update", f"JobId={rq}", "StartTime=now")
             released = True
-        info = job_info(tl)
-        if not tl_released and info.get("JobState") == "PENDING" and info.get("Restarts") == "1":
+        if not tl_released and requeued_a_while(tl, pending_since):
             sh("scontrol", "update", f"JobId={tl}", "StartTime=now", "TimeLimit=15")
             tl_released = True
         states = {k: job_info(j).get("JobState") for k, j in ids.items()}
@@ -175,6 +173,24 @@ def jobs(tmp_path_factory):
             sh("scancel", j)
         pytest.fail(f"jobs did not finish in {WAIT_S} s: {states}")
     return tmp, ids
+
+
+REQUEUE_SETTLE_S = 3.0
+
+
+def requeued_a_while(jid: str, pending_since: dict) -> bool:
+    """Whether job `jid` has been pending again after its first requeue for REQUEUE_SETTLE_S.
+
+    Released at once, a requeued job can be allocated within the second its first attempt's
+    credential was revoked; slurmd then refuses to launch it ("Killing non-startable batch JobId:
+    Job credential revoked", job FAILED, exit 1:0; seen once in CI). SLURM's own hold (BeginTime)
+    avoids that; the tests shorten the hold, but not below a few seconds.
+    """
+    info = job_info(jid)
+    if info.get("JobState") != "PENDING" or info.get("Restarts") != "1":
+        return False
+    since = pending_since.setdefault(jid, time.monotonic())
+    return time.monotonic() - since >= REQUEUE_SETTLE_S
 
 
 def steps_done(trace_dir) -> int:
