@@ -359,7 +359,7 @@ class Run:
         self.trace.close(status="usage-error")
         sys.stderr.write(f"mpidist.{self.algorithm}: error: [rank {self.rank}] {message}\n")
         sys.stderr.flush()
-        MPI.COMM_WORLD.Abort(2)
+        end_job(2)
 
     def _all_arrive(self, timeout: float) -> bool:
         """True when every rank reaches this point within ``timeout`` s (a barrier on a
@@ -575,7 +575,27 @@ def abort(rank: int, exc: BaseException, trace: TraceWriter | None = None, code:
         if trace is not None:
             trace.close(status=f"failed: {type(exc).__name__}: {exc}"[:200])
     finally:
+        end_job(code)
+
+
+ABORT_WAIT_S = 10.0  # how long a rank that called MPI_Abort waits for the launcher to end it
+
+
+def end_job(code: int) -> None:
+    """MPI_Abort(MPI_COMM_WORLD, code), and never return. MPICH 4's MPI_Abort under hydra or srun
+    only sends the abort to the process manager (PMI_Abort) and returns; the manager kills every
+    rank a moment later. Without this wait the aborting rank ran on meanwhile (seen once in CI: the
+    code after a usage error's abort reported the same error again as a failure). It waits
+    ABORT_WAIT_S for the launcher's kill, then exits with ``code`` itself."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
         MPI.COMM_WORLD.Abort(code)
+        deadline = time.monotonic() + ABORT_WAIT_S
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        os._exit(code)
 
 
 def start(algorithm: str, p: ArgumentParser, argv=None, check=None,

@@ -276,6 +276,57 @@ def test_usage_error_on_one_rank_ends_the_job(tmp_path):
     assert read_run(str(tmp_path / "r")).ranks[1].attrs["status"] == "usage-error"
 
 
+END_JOB_PROBE = """
+import sys, time
+from mpi4py import MPI
+from mpidist import runtime
+if MPI.COMM_WORLD.Get_rank() == 1:
+    runtime.end_job(3)
+    open(sys.argv[1], "w").write("end_job returned")
+time.sleep(60)
+"""
+
+
+def test_end_job_never_returns(tmp_path):
+    """MPICH 4's MPI_Abort returns to the caller (PMI_Abort only tells hydra, whose kill comes a
+    moment later; measured: the next line ran in 2 of 3 tries, ~0.1 ms after the call).
+    runtime.end_job must not: the code after it never runs, and the job ends with its code."""
+    marker = tmp_path / "after"
+    t = time.monotonic()
+    proc = run_mpi(2, ["-c", END_JOB_PROBE, str(marker)], 60)
+    assert proc.returncode == 3, proc.stderr
+    assert not marker.exists()
+    assert time.monotonic() - t < 45  # ended by the abort, not by rank 0's sleep
+
+
+def test_end_job_exits_when_mpi_abort_returns(monkeypatch):
+    """The same in one process, deterministic: an MPI_Abort that returns as MPICH's does; end_job
+    waits ABORT_WAIT_S for the kill, then exits with the code itself."""
+    from mpidist import runtime
+    calls = []
+
+    class Exited(BaseException):
+        pass
+
+    class World:
+        @staticmethod
+        def Abort(code):
+            calls.append(("Abort", code))
+
+    def fake_exit(code):
+        calls.append(("_exit", code))
+        raise Exited
+
+    monkeypatch.setattr(runtime.MPI, "COMM_WORLD", World)
+    monkeypatch.setattr(runtime.os, "_exit", fake_exit)
+    monkeypatch.setattr(runtime, "ABORT_WAIT_S", 0.2)
+    t = time.monotonic()
+    with pytest.raises(Exited):
+        runtime.end_job(3)
+    assert calls == [("Abort", 3), ("_exit", 3)]
+    assert 0.2 <= time.monotonic() - t < 2
+
+
 def test_resume_mismatch_names_the_changed_flags():
     from mpidist.runtime import resume_mismatch
     saved = {"lr": 0.1, "steps": 5, "trace_dir": "a", "model": "cnn", "fail_at": None}
