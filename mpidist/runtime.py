@@ -582,9 +582,9 @@ ABORT_WAIT_S = 10.0  # how long a rank that called MPI_Abort waits for the launc
 
 
 def end_job(code: int) -> None:
-    """MPI_Abort(MPI_COMM_WORLD, code), and never return. MPICH 4's MPI_Abort under hydra or srun
-    only sends the abort to the process manager (PMI_Abort) and returns; the manager kills every
-    rank a moment later. Without this wait the aborting rank ran on meanwhile (seen once in CI: the
+    """MPI_Abort(MPI_COMM_WORLD, code), and never return. MPICH 4's MPI_Abort under hydra (measured
+    here) only sends the abort to the process manager (PMI_Abort) and returns; the manager kills
+    every rank a moment later. Without this wait the aborting rank ran on meanwhile (seen once in CI: the
     code after a usage error's abort reported the same error again as a failure). It waits
     ABORT_WAIT_S for the launcher's kill, then exits with ``code`` itself."""
     sys.stdout.flush()
