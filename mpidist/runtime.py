@@ -24,16 +24,13 @@ What ``start`` guarantees:
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 import random
-import select
 import signal
 import socket
 import sys
-import threading
 import time
 import traceback
 
@@ -42,153 +39,13 @@ import torch
 from mpi4py import MPI
 
 from . import __version__
-from . import checkpoint
+from . import checkpoint, signals
+from .cli import (ArgumentParser, checkpoint_period, fail_spec, nonneg_float,  # noqa: F401
+                  nonneg_int, parser, positive_float, positive_int, unit_float)
+from .loop import Progress, decode_stop, signal_name, stop_from_mean, stop_term  # noqa: F401
 from .comm import Communicator, LinkModel, cuda_aware_mpi
 from .errors import UsageError
 from .trace import TraceError, TraceWriter, rank_path
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse that raises UsageError instead of printing on every rank and exiting."""
-
-    def error(self, message):
-        raise UsageError(message)
-
-    def exit(self, status=0, message=None):
-        if message:
-            raise UsageError(message.strip())
-        raise SystemExit(status)
-
-    def print_help(self, file=None):
-        if MPI.COMM_WORLD.Get_rank() == 0:
-            super().print_help(file)
-
-
-def positive_int(s: str) -> int:
-    v = int(s)
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {s}")
-    return v
-
-
-def nonneg_int(s: str) -> int:
-    v = int(s)
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {s}")
-    return v
-
-
-def positive_float(s: str) -> float:
-    v = float(s)
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {s}")
-    return v
-
-
-def nonneg_float(s: str) -> float:
-    v = float(s)
-    if not v >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {s}")
-    return v
-
-
-def unit_float(s: str) -> float:
-    v = float(s)
-    if not 0 <= v <= 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {s}")
-    return v
-
-
-def parser(algorithm: str, description: str) -> ArgumentParser:
-    """An argument parser with the flags every entry point shares (group "run")."""
-    p = ArgumentParser(prog=f"python -m mpidist.{algorithm}", description=description,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    g = p.add_argument_group("run (shared by every mpidist algorithm)")
-    g.add_argument("--seed", type=nonneg_int, default=0,
-                   help="random seed; rank k seeds torch/numpy with seed*1000+k, shared choices "
-                        "(permutations, schedules) use seed alone (default 0)")
-    g.add_argument("--trace-dir", default=None,
-                   help="run directory for the per-rank HDF5 traces rank<k>.h5 and any figures "
-                        "(default runs/<algorithm>-<date>-<time>); must not hold a trace already")
-    g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
-                   help="auto: one GPU per node-local rank when CUDA is present, else CPU")
-    g.add_argument("--link-latency", type=nonneg_float, default=0.0, metavar="SECONDS",
-                   help="emulated network: latency added to every message (default 0 = off)")
-    g.add_argument("--link-bandwidth", type=nonneg_float, default=0.0, metavar="BYTES_PER_S",
-                   help="emulated network: bandwidth per rank's link, e.g. 1.25e8 for 1 Gbit/s "
-                        "(default 0 = unlimited)")
-    g.add_argument("--comm-timeout", type=positive_float, default=300.0, metavar="SECONDS",
-                   help="deadline of every wait for a peer; past it the run fails naming the peer "
-                        "(default 300)")
-    g.add_argument("--flush-seconds", type=positive_float, default=2.0,
-                   help="how often each rank appends its trace rows to its file (default 2)")
-    g.add_argument("--progress-seconds", type=nonneg_float, default=2.0,
-                   help="rank 0 prints progress at most this often (default 2)")
-    g.add_argument("--quiet", action="store_true", help="no progress lines, only the summary")
-    g.add_argument("--checkpoint-every", type=checkpoint_period, default=0, action=_CheckpointEvery,
-                   metavar="STEPS|DURATION",
-                   help="every rank saves its state every STEPS steps, or every DURATION (e.g. 90s, "
-                        "15m, 2h: at the first step all ranks agree on after it passed), under <run "
-                        "dir>/checkpoints (atomically; the newest complete one wins); 0 = only when "
-                        "SIGUSR1/SIGTERM asks the job to stop (default)")
-    g.add_argument("--resume", default=None, metavar="DIR",
-                   help="continue from the newest complete checkpoint in DIR (a run directory, its "
-                        "checkpoints/ folder, or one checkpoint); the trace of that run continues")
-    p.set_defaults(checkpoint_seconds=0.0)
-    g.add_argument("--term-grace", type=positive_float, default=10.0, metavar="SECONDS",
-                   help="SIGTERM (SLURM's time limit, preemption, scancel) and SIGUSR1 make all ranks "
-                        "finish their step, agree on it, save a checkpoint and exit 0; after SIGTERM "
-                        "a rank that has not done so within SECONDS (a dead peer, a very long step) "
-                        "kills itself, which ends the job, its trace kept up to its last flush. Keep "
-                        "it below SLURM's KillWait (default 10)")
-    g.add_argument("--fail-at", type=fail_spec, default=None, metavar="STEP:RANK[:raise|kill]",
-                   help="inject a failure: rank RANK raises an exception (default) or kills itself "
-                        "with SIGKILL after step STEP; for testing that the job ends cleanly")
-    return p
-
-
-def checkpoint_period(s: str) -> tuple[int, float]:
-    """``--checkpoint-every``: (steps, 0) for a number, (0, seconds) for a duration 90s/15m/2h."""
-    units = {"s": 1, "m": 60, "h": 3600}
-    try:
-        if s and s[-1] in units:
-            v = float(s[:-1]) * units[s[-1]]
-            if not v > 0:
-                raise ValueError
-            return 0, v
-        v = int(s)
-        if v < 0:
-            raise ValueError
-        return v, 0.0
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of steps (>= 0) or a duration such "
-                                         f"as 90s, 15m, 2h, got {s}") from None
-
-
-class _CheckpointEvery(argparse.Action):
-    """Stores ``--checkpoint-every`` as ``checkpoint_every`` (steps) and ``checkpoint_seconds``."""
-
-    def __call__(self, parser, namespace, value, option_string=None):
-        namespace.checkpoint_every, namespace.checkpoint_seconds = value
-
-
-def decode_stop(code: float) -> tuple[bool, bool]:
-    """(save a checkpoint now, stop now) from the maximum over the ranks of
-    :meth:`Run.stop_code`: stop when any rank got a stop signal, save then too, or when the
-    --checkpoint-every duration has passed on any rank."""
-    c = int(code)
-    return c >= 2 or c % 2 == 1, c >= 2
-
-
-def fail_spec(s: str) -> tuple[int, int, str]:
-    parts = s.split(":")
-    try:
-        if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in ("raise", "kill")):
-            raise ValueError
-        step, rank = int(parts[0]), int(parts[1])
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected STEP:RANK[:raise|kill], got {s}") from None
-    return step, rank, parts[2] if len(parts) == 3 else "raise"
 
 
 class InjectedFailure(RuntimeError):
@@ -259,25 +116,6 @@ def _usage_exit(algorithm: str, rank: int, message: str) -> None:
     raise SystemExit(2)
 
 
-def stop_term(code: float, n: int) -> float:
-    """:meth:`Run.stop_code` as one rank's term of a SUM (or mean) over ``n`` ranks, for agreements
-    that can only add, like AdaComm's averaged control slots: a mean of codes would mix them (a
-    SIGTERM on one of two ranks would read as signal 7). :func:`stop_from_mean` recovers the code
-    the maximum would have given."""
-    sig, due = int(code) // 2, int(code) % 2
-    b = n + 1  # counts of n ranks never carry into the next digit
-    return float(b * b * (sig == signal.SIGTERM) + b * (sig == signal.SIGUSR1) + due)
-
-
-def stop_from_mean(mean: float, n: int) -> float:
-    """The agreed stop code from the mean over ``n`` ranks of :func:`stop_term` (see there)."""
-    b = n + 1
-    total = int(round(mean * n))
-    term, usr1, due = total // (b * b), (total // b) % b, total % b
-    sig = signal.SIGTERM if term else signal.SIGUSR1 if usr1 else 0
-    return 2.0 * int(sig) + (1.0 if due else 0.0)
-
-
 USAGE_AGREE_S = 10.0  # how long a rank with a usage error waits for the others to find it too
 
 
@@ -291,7 +129,7 @@ class Run:
         self.rank, self.world_size = comm.rank, comm.size
         self.shared_rng = np.random.default_rng(args.seed)
         self.t0_wall = t0_wall
-        self._next_progress = 0.0
+        self._progress = Progress(self)
         self.start_step = 0          # the first step to run (after --resume: the checkpoint's + 1)
         self.resumed_state = None    # the algorithm's state from the checkpoint, or None
         self.stop_signal = 0         # set by SIGUSR1/SIGTERM; agreed by all ranks in checkpoint()
@@ -321,21 +159,10 @@ class Run:
                 os.kill(os.getpid(), signal.SIGKILL)
             raise InjectedFailure(f"--fail-at: injected failure after step {step}")
 
-    def progress(self, step: int, total: int, force: bool = False, **values) -> None:
-        """A progress line on rank 0, at most every --progress-seconds (always with force)."""
-        if self.rank != 0 or (self.args.quiet and not force):
-            return
-        now = time.monotonic()
-        if not force and now < self._next_progress:
-            return
-        self._next_progress = now + self.args.progress_seconds
-        elapsed = self.comm.clock()
-        frac = step / total if total else 1.0
-        eta = elapsed / frac - elapsed if frac > 0 else float("nan")
-        vals = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                        for k, v in values.items())
-        print(f"[0] step {step}/{total} ({100 * frac:3.0f}%) {vals} | {elapsed:.1f} s, "
-              f"eta {eta:.0f} s", flush=True)
+    def progress(self, done: int, total: int | None, force: bool = False, unit: str = "step",
+                 **values) -> None:
+        """A progress line on rank 0, at most every --progress-seconds (``loop.Progress``)."""
+        self._progress(done, total, force, unit, **values)
 
     def say(self, *lines: str) -> None:
         """Print on rank 0 only (summaries)."""
@@ -432,7 +259,7 @@ class Run:
     def _on_signal(self, signum, frame) -> None:
         """The Python handler of SIGUSR1 and SIGTERM: ask for the agreed stop. It runs in the main
         thread between two bytecodes, so it only sets a flag (the watcher thread keeps the
-        deadline of SIGTERM, see :func:`_watch_signals`)."""
+        deadline of SIGTERM, see :mod:`mpidist.signals`)."""
         if not self.stop_signal:
             self.stop_signal = signum
 
@@ -452,7 +279,7 @@ class Run:
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        _uninstall_stop_signals(self)
+        signals.uninstall(self)
         if exc_type is None:
             self._usage_comm.Free()
             self.trace.close(status="stopped by signal" if self.stopped else "ok")
@@ -502,66 +329,6 @@ def _remove_if_empty(run_dir: str, mine: bool) -> None:
             os.rmdir(run_dir)
         except OSError:
             pass
-
-
-def signal_name(signum: int) -> str:
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return f"signal {signum}"
-
-
-# ------------------------------------------------------------------ stop signals (SIGUSR1, SIGTERM)
-STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
-_active_run: Run | None = None   # the run the stop signals are for (None between runs)
-_wakeup_fd: int | None = None    # read end of the pipe Python's C-level signal handler writes to
-
-
-def _install_stop_signals(run: Run) -> None:
-    """SIGUSR1 and SIGTERM ask ``run`` for the agreed stop (:meth:`Run.checkpoint`). Python runs
-    a handler only when the main thread is between bytecodes, which may be never if it waits inside
-    MPI for a dead peer; so the C-level handler also writes the signal number to a pipe
-    (``signal.set_wakeup_fd``) that a daemon thread watches to keep SIGTERM's deadline."""
-    global _active_run, _wakeup_fd
-    if _wakeup_fd is None:
-        r, w = os.pipe()
-        os.set_blocking(w, False)
-        signal.set_wakeup_fd(w, warn_on_full_buffer=False)
-        _wakeup_fd = r
-        threading.Thread(target=_watch_signals, args=(r,), name="mpidist-signals",
-                         daemon=True).start()
-    _active_run = run
-    run._previous_handlers = {s: signal.signal(s, run._on_signal) for s in STOP_SIGNALS}
-
-
-def _uninstall_stop_signals(run: Run) -> None:
-    global _active_run
-    for s, h in run._previous_handlers.items():
-        signal.signal(s, h)
-    run._previous_handlers = {}
-    if _active_run is run:
-        _active_run = None
-
-
-def _watch_signals(fd: int) -> None:
-    """The watcher thread: the first SIGTERM of a run starts its --term-grace deadline; when the
-    deadline passes (the rank could not agree and checkpoint: a peer is dead, a step is too long),
-    the rank ends at once (:meth:`Run._terminate`). Further SIGTERMs change nothing (SLURM's and a
-    batch script's may both arrive); SIGKILL is there for an immediate end."""
-    armed, deadline = None, 0.0
-    while True:
-        wait = None if armed is None else max(0.0, deadline - time.monotonic())
-        ready = select.select([fd], [], [], wait)[0]
-        data = os.read(fd, 512) if ready else b""
-        run = _active_run
-        if run is None or run is not armed:
-            armed = None
-        if run is None:
-            continue
-        if armed is not None and not ready:
-            run._terminate(f"no agreed checkpoint within --term-grace {run.args.term_grace:g} s")
-        if int(signal.SIGTERM) in data and armed is None:
-            armed, deadline = run, time.monotonic() + run.args.term_grace
 
 
 def abort(rank: int, exc: BaseException, trace: TraceWriter | None = None, code: int = 1) -> None:
@@ -631,9 +398,9 @@ def start(algorithm: str, p: ArgumentParser, argv=None, check=None,
     except UsageError as e:
         _usage_exit(algorithm, rank, str(e))  # every rank sees the same CUDA absence
 
-    link = LinkModel(args.link_latency, args.link_bandwidth)
-    comm = Communicator(world, None, None, link, args.comm_timeout,
-                        cuda_aware_mpi() if device.type == "cuda" else False)
+    # start-up agreements (resume, run directory, clock) go through an untraced communicator
+    # without the emulated link; the run's Communicator is made complete once the trace exists
+    setup = Communicator(world, None, None, None, args.comm_timeout, False)
 
     # --resume: the checkpoint every rank continues from (each reads its own file)
     resumed, err = None, ""
@@ -646,7 +413,7 @@ def start(algorithm: str, p: ArgumentParser, argv=None, check=None,
                 err = f"--resume {ckpt_dir}: {err}" if err else ""
         except checkpoint.CheckpointError as e:
             err = str(e)
-        errors = [e for e in comm.allgather_object(err) if e]
+        errors = [e for e in setup.allgather_object(err) if e]
         if errors:
             _usage_exit(algorithm, rank, errors[0])
         resume_dir = os.path.dirname(os.path.dirname(os.path.abspath(ckpt_dir)))
@@ -669,40 +436,42 @@ def start(algorithm: str, p: ArgumentParser, argv=None, check=None,
             err = f"--trace-dir {run_dir} is not writable ({e.strerror})"
         except OSError as e:
             err = f"--trace-dir {run_dir}: cannot create it ({e.strerror})"
-    run_dir, err = comm.bcast_object((run_dir, err))
+    run_dir, err = setup.bcast_object((run_dir, err))
     if err:
         _usage_exit(algorithm, rank, err)
 
     # t = 0 of every rank's clock: rank 0's MPI_Wtime when all ranks share one node (one clock),
     # else each rank's own, taken just after a barrier; a resumed run continues the saved clock
-    comm.barrier()
+    setup.barrier()
     t0 = MPI.Wtime()
     if node_size == size:
-        t0 = comm.bcast_object(t0)
+        t0 = setup.bcast_object(t0)
     if resumed is not None:
         t0 -= resumed["t"]
     t0_wall = time.time()
-    comm.clock = lambda: MPI.Wtime() - t0
-    path = "cpu" if device.type == "cpu" else ("cuda-aware" if comm.cuda_aware else "staged")
+    clock = lambda: MPI.Wtime() - t0  # noqa: E731
+    cuda_aware = cuda_aware_mpi() if device.type == "cuda" else False
+    path = "cpu" if device.type == "cpu" else ("cuda-aware" if cuda_aware else "staged")
     attrs = {"algorithm": algorithm, "rank": rank, "world_size": size, "local_rank": local,
-             "args": vars(args), "versions": versions(), "cuda_aware": bool(comm.cuda_aware),
+             "args": vars(args), "versions": versions(), "cuda_aware": bool(cuda_aware),
              "comm_path": path, "device": str(device), "start_time": t0_wall,
              "hostname": socket.gethostname(), "status": "running"}
     try:
         trace = TraceWriter(rank_path(run_dir, rank), json.loads(json.dumps(attrs, default=str)),
-                            comm.clock, args.flush_seconds,
+                            clock, args.flush_seconds,
                             resume_step=resumed["step"] if resumed is not None else None)
         err = ""
     except (TraceError, OSError) as e:
         trace, err = None, f"cannot write the trace file on rank {rank}: {e}"
-    errors = [e for e in comm.allgather_object(err) if e]
+    errors = [e for e in setup.allgather_object(err) if e]
     if errors:
         if trace is not None:
             trace.abandon("start-up error")
-        comm.barrier()
+        setup.barrier()
         _remove_if_empty(run_dir, rank == 0 and created)
         _usage_exit(algorithm, rank, errors[0])
-    comm.trace = trace
+    link = LinkModel(args.link_latency, args.link_bandwidth)
+    comm = Communicator(world, trace, clock, link, args.comm_timeout, cuda_aware)
 
     seed = args.seed * 1000 + rank
     torch.manual_seed(seed)
@@ -714,11 +483,11 @@ def start(algorithm: str, p: ArgumentParser, argv=None, check=None,
         run.set_rng_state(resumed["rng"])
         run.start_step = resumed["step"] + 1
         run.resumed_state = resumed["algorithm"]
-        comm.step = run.start_step
+        comm.step = run.start_step  # the trace's step: from here on set by Run.step_done only
         run.say(f"resuming from step {resumed['step']} ({ckpt_dir})")
     # SIGUSR1 (what `sbatch --signal=USR1@...` sends before a time limit) and SIGTERM (the time
     # limit itself, preemption): checkpoint and stop at the next step all ranks agree on. MPI_Abort
     # and a killed rank end the others with SIGKILL (MPICH's hydra, srun), SIGTERM at worst (srun
     # --kill-on-bad-exit: then --term-grace bounds the wait for the dead rank).
-    _install_stop_signals(run)
+    signals.install(run)
     return run

@@ -1,0 +1,284 @@
+"""The flag vocabulary every algorithm shares: one spelling for one idea.
+
+An algorithm's ``cli.py`` builds its parser from these pieces and adds only its own flags::
+
+    p = cli.parser("pcasgd", cli.about("PC-ASGD ...", PAPER, "mpidist/pcasgd/README.md"))
+    g = cli.training(p, "PC-ASGD (Algorithm 1)", default_steps=900)   # --steps/--epochs, --eval-every
+    cli.model_flags(g, default="cnn")                                    # --model, --model-arg
+    cli.lr_flags(g, default=0.1)                                         # --lr, --lr-milestones, --lr-decay
+    cli.preset_flag(g, PRESETS)                                          # --preset
+    cli.data_flags(p)                                                    # --data, --data-root, ...
+    args = ... runtime.start(..., argv=cli.with_preset(p, argv, PRESETS))
+
+Older spellings stay as aliases of the same destination (``--lr-decay-epochs`` for
+``--lr-milestones``, ``--paper`` for ``--preset``, ``-I``/``--iterations`` for ``--steps``,
+``--score-every`` for ``--eval-every``), so that no documented command breaks; ``--help`` shows them
+beside the flag they stand for.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+
+from mpi4py import MPI
+
+from .errors import UsageError
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that raises UsageError instead of printing on every rank and exiting, and prints
+    ``--help`` on rank 0 only."""
+
+    def error(self, message):
+        raise UsageError(message)
+
+    def exit(self, status=0, message=None):
+        if message:
+            raise UsageError(message.strip())
+        raise SystemExit(status)
+
+    def print_help(self, file=None):
+        if MPI.COMM_WORLD.Get_rank() == 0:
+            super().print_help(file)
+
+
+# ------------------------------------------------------------------------------ value types
+def _number(s: str, cast):
+    try:
+        v = cast(s)
+    except (ValueError, OverflowError):
+        raise argparse.ArgumentTypeError(f"expected a number, got {s}") from None
+    if cast is float and not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {s}")
+    return v
+
+
+def positive_int(s: str) -> int:
+    v = _number(s, int)
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {s}")
+    return v
+
+
+def nonneg_int(s: str) -> int:
+    v = _number(s, int)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {s}")
+    return v
+
+
+def positive_float(s: str) -> float:
+    v = _number(s, float)
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {s}")
+    return v
+
+
+def nonneg_float(s: str) -> float:
+    v = _number(s, float)
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {s}")
+    return v
+
+
+def unit_float(s: str) -> float:
+    v = _number(s, float)
+    if not 0 <= v <= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {s}")
+    return v
+
+
+def key_value(s: str) -> tuple[str, object]:
+    """``KEY=VALUE`` of ``--model-arg``; VALUE becomes an int or float where it reads as one."""
+    if "=" not in s:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got '{s}'")
+    k, v = s.split("=", 1)
+    for cast in (int, float):
+        try:
+            return k, cast(v)
+        except ValueError:
+            pass
+    return k, v
+
+
+def epoch_list(s) -> list[float]:
+    """``--lr-milestones 81,122``: sorted epochs > 0 (empty: none)."""
+    if s is None or s == "" or isinstance(s, list):
+        return list(s or [])
+    try:
+        epochs = sorted(float(v) for v in str(s).split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated epochs such as 81,122, "
+                                         f"got {s}") from None
+    if epochs[0] <= 0:
+        raise argparse.ArgumentTypeError(f"every epoch must be > 0, got {s}")
+    return epochs
+
+
+def checkpoint_period(s: str) -> tuple[int, float]:
+    """``--checkpoint-every``: (steps, 0) for a number, (0, seconds) for a duration 90s/15m/2h."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    try:
+        if s and s[-1] in units:
+            v = float(s[:-1]) * units[s[-1]]
+            if not (v > 0 and math.isfinite(v)):
+                raise ValueError
+            return 0, v
+        v = int(s)
+        if v < 0:
+            raise ValueError
+        return v, 0.0
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of steps (>= 0) or a duration such "
+                                         f"as 90s, 15m, 2h, got {s}") from None
+
+
+class _CheckpointEvery(argparse.Action):
+    """Stores ``--checkpoint-every`` as ``checkpoint_every`` (steps) and ``checkpoint_seconds``."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        namespace.checkpoint_every, namespace.checkpoint_seconds = value
+
+
+def fail_spec(s: str) -> tuple[int, int, str]:
+    parts = s.split(":")
+    try:
+        if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in ("raise", "kill")):
+            raise ValueError
+        step, rank = int(parts[0]), int(parts[1])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected STEP:RANK[:raise|kill], got {s}") from None
+    return step, rank, parts[2] if len(parts) == 3 else "raise"
+
+
+# ------------------------------------------------------------------------------ the parser
+def about(what: str, paper: str, readme: str) -> str:
+    """The short text ``--help`` prints before the flags: what the algorithm is (a few lines), the
+    paper by title, authors and arXiv id, and where the long text lives."""
+    return f"{what.strip()}\n\nPaper: {paper.strip()}\nTheory, trace channels, tests, results: {readme}"
+
+
+def parser(algorithm: str, description: str) -> ArgumentParser:
+    """An argument parser with the flags every entry point shares (group "run")."""
+    p = ArgumentParser(prog=f"python -m mpidist.{algorithm}", description=description,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("run (shared by every mpidist algorithm)")
+    g.add_argument("--seed", type=nonneg_int, default=0,
+                   help="random seed; rank k seeds torch/numpy with seed*1000+k, shared choices "
+                        "(permutations, schedules) use seed alone (default 0)")
+    g.add_argument("--trace-dir", default=None,
+                   help="run directory for the per-rank HDF5 traces rank<k>.h5 and any figures "
+                        "(default runs/<algorithm>-<date>-<time>); must not hold a trace already")
+    g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="auto: one GPU per node-local rank when CUDA is present, else CPU")
+    g.add_argument("--link-latency", type=nonneg_float, default=0.0, metavar="SECONDS",
+                   help="emulated network: latency added to every message (default 0 = off)")
+    g.add_argument("--link-bandwidth", type=nonneg_float, default=0.0, metavar="BYTES_PER_S",
+                   help="emulated network: bandwidth per rank's link, e.g. 1.25e8 for 1 Gbit/s "
+                        "(default 0 = unlimited)")
+    g.add_argument("--comm-timeout", type=positive_float, default=300.0, metavar="SECONDS",
+                   help="deadline of every wait for a peer; past it the run fails naming the peer "
+                        "(default 300)")
+    g.add_argument("--flush-seconds", type=positive_float, default=2.0,
+                   help="how often each rank appends its trace rows to its file (default 2)")
+    g.add_argument("--progress-seconds", type=nonneg_float, default=2.0,
+                   help="rank 0 prints progress at most this often (default 2)")
+    g.add_argument("--quiet", action="store_true", help="no progress lines, only the summary")
+    g.add_argument("--checkpoint-every", type=checkpoint_period, default=0, action=_CheckpointEvery,
+                   metavar="STEPS|DURATION",
+                   help="save every rank's state every STEPS steps, or every DURATION (90s, 15m, "
+                        "2h), under <run dir>/checkpoints; 0 = only on SIGUSR1/SIGTERM (default)")
+    g.add_argument("--resume", default=None, metavar="DIR",
+                   help="continue from the newest complete checkpoint in DIR (a run directory, its "
+                        "checkpoints/ folder, or one checkpoint); the trace of that run continues")
+    p.set_defaults(checkpoint_seconds=0.0)
+    g.add_argument("--term-grace", type=positive_float, default=10.0, metavar="SECONDS",
+                   help="after SIGTERM/SIGUSR1 the ranks agree on a step, checkpoint and exit 0; a "
+                        "rank that cannot within SECONDS ends the job (default 10; keep it below "
+                        "SLURM's KillWait)")
+    g.add_argument("--fail-at", type=fail_spec, default=None, metavar="STEP:RANK[:raise|kill]",
+                   help="inject a failure: rank RANK raises (default) or SIGKILLs itself after "
+                        "step STEP (to test that the job ends cleanly)")
+    return p
+
+
+def training(p: ArgumentParser, title: str, default_steps: int | None = None,
+             unit: str = "steps", eval_default: str = "ten times per run") -> argparse._ArgumentGroup:
+    """The algorithm's group, with the run length (``--steps`` / ``--epochs``) and the evaluation
+    cadence (``--eval-every``). ``unit`` names a step in the paper's words (iterations, ...)."""
+    g = p.add_argument_group(title)
+    dflt = f"default {default_steps}" if default_steps else "default: see --epochs"
+    g.add_argument("--steps", "-I", "--iterations", dest="steps", type=nonneg_int, default=None,
+                   metavar="T", help=f"number of {unit} ({dflt}, or from --epochs)")
+    g.add_argument("--epochs", type=nonneg_float, default=None,
+                   help="train this many passes over the data instead of --steps")
+    g.add_argument("--eval-every", "--score-every", dest="eval_every", type=nonneg_int,
+                   default=0, metavar="STEPS",
+                   help=f"evaluate every this many {unit} (default 0: {eval_default}; always at "
+                        "the end)")
+    return g
+
+
+def model_flags(g, default: str, known=None, what: str = "network") -> None:
+    """``--model NAME`` and ``--model-arg KEY=VALUE`` (keywords of the model's builder)."""
+    from . import models
+    names = sorted(known if known is not None else models.MODELS)
+    g.add_argument("--model", default=default,
+                   help=f"{what} (default {default}; known: {', '.join(names)})")
+    g.add_argument("--model-arg", type=key_value, action="append", default=[], metavar="KEY=VALUE",
+                   help="keyword for the model's builder, e.g. width=32 (cnn) or hidden=512 (mlp)")
+
+
+def lr_flags(g, default: float, what: str = "eta, the learning rate") -> None:
+    """``--lr``, ``--lr-milestones`` (alias ``--lr-decay-epochs``) and ``--lr-decay``: eta times
+    lr-decay at every milestone epoch passed."""
+    g.add_argument("--lr", type=positive_float, default=default, metavar="ETA",
+                   help=f"{what} (default {default:g})")
+    g.add_argument("--lr-milestones", "--lr-decay-epochs", dest="lr_milestones", type=epoch_list,
+                   default=[], metavar="EPOCHS",
+                   help="epochs at which eta is multiplied by --lr-decay, e.g. 81,122 (default none)")
+    g.add_argument("--lr-decay", type=positive_float, default=0.1,
+                   help="factor applied to eta at each milestone (default 0.1)")
+
+
+def lr_at(epoch: float, lr: float, milestones, decay: float) -> float:
+    """The step-wise schedule of ``lr_flags``: ``lr * decay ** #{milestones <= epoch}``."""
+    return lr * decay ** sum(epoch >= m for m in milestones)
+
+
+def preset_flag(g, presets: dict, what: str = "the paper's settings in one flag") -> None:
+    """``--preset NAME`` (alias ``--paper``): defaults from ``presets[NAME]``; explicit flags win
+    (see :func:`with_preset`)."""
+    g.add_argument("--preset", "--paper", dest="preset", choices=sorted(presets), default=None,
+                   help=f"{what}; explicit flags override its values")
+
+
+def with_preset(p: ArgumentParser, argv, presets: dict, adjust=None) -> list[str]:
+    """Scan ``argv`` for ``--preset``/``--paper`` and make that preset's values the parser's
+    defaults, so that explicit flags still override them. ``adjust(values, argv)`` may edit the
+    values (e.g. drop the preset's epochs when ``--steps`` is given). Returns argv as a list."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for k, a in enumerate(argv):
+        name = None
+        if a in ("--preset", "--paper") and k + 1 < len(argv):
+            name = argv[k + 1]
+        elif a.startswith(("--preset=", "--paper=")):
+            name = a.split("=", 1)[1]
+        if name in presets:
+            values = dict(presets[name])
+            if adjust is not None:
+                adjust(values, argv)
+            p.set_defaults(**values)
+    return argv
+
+
+def given(argv, *flags: str) -> bool:
+    """Whether any of ``flags`` appears in ``argv`` (as ``--flag V`` or ``--flag=V``)."""
+    return any(a in flags or a.split("=", 1)[0] in flags for a in argv)
+
+
+def data_flags(p: ArgumentParser, default_size: int | None = None) -> None:
+    """The data group (``--data``, ``--data-root``, ``--download``, ``--image-size``)."""
+    from . import data
+    data.add_arguments(p, default_size)

@@ -1,0 +1,161 @@
+"""THE run loop every algorithm uses: step -> metrics -> progress -> trace flush -> one stop and
+checkpoint agreement -> (after the last step) the final report.
+
+An algorithm's training function reads::
+
+    loop = Loop(run, total=steps, meet_every=10, state=lambda t: {...})
+    for t in loop:
+        ...                                   # the algorithm's step t (its messages, its update)
+        run.metric(t, "loss", loss)
+        if loop.end_step(t, loss=loss):       # progress, trace step + flush, agreement
+            break                             # stopped by SIGUSR1/SIGTERM after a checkpoint
+
+Where ranks meet differs by algorithm and is the one parameter of the mechanism: ``meet_every``
+steps (PC-ASGD meets every 10 steps so as not to couple its clusters every step; DADA every 10
+sync-up steps), or ``meet_every=0`` with :meth:`Loop.agree` called by the algorithm itself at its own
+synchronisation points, with the stop code already agreed through its own collective (AdaComm's
+averaged control slots, see :func:`stop_term`).
+
+The one "checkpoint due" rule (:func:`checkpoint_due`): ``--checkpoint-every N`` saves at the first
+meeting point at or after every N completed steps; ``--checkpoint-every 15m`` and a stop signal
+are agreed as a *stop code* (``Run.stop_code``) by a max-allreduce (channel ``control``), so
+every rank saves the same step.
+"""
+from __future__ import annotations
+
+import signal
+import time
+
+def signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def decode_stop(code: float) -> tuple[bool, bool]:
+    """(save a checkpoint now, stop now) from the maximum over the ranks of
+    :meth:`mpidist.runtime.Run.stop_code`: stop when any rank got a stop signal, save then too, or when the
+    --checkpoint-every duration has passed on any rank."""
+    c = int(code)
+    return c >= 2 or c % 2 == 1, c >= 2
+
+
+def stop_term(code: float, n: int) -> float:
+    """A stop code as one rank's term of a SUM (or mean) over ``n`` ranks, for agreements that can
+    only add, like AdaComm's averaged control slots: a mean of codes would mix them (a SIGTERM on
+    one of two ranks would read as signal 7). :func:`stop_from_mean` recovers the code the maximum
+    would have given."""
+    sig, due = int(code) // 2, int(code) % 2
+    b = n + 1  # counts of n ranks never carry into the next digit
+    return float(b * b * (sig == signal.SIGTERM) + b * (sig == signal.SIGUSR1) + due)
+
+
+def stop_from_mean(mean: float, n: int) -> float:
+    """The agreed stop code from the mean over ``n`` ranks of :func:`stop_term` (see there)."""
+    b = n + 1
+    total = int(round(mean * n))
+    term, usr1, due = total // (b * b), (total // b) % b, total % b
+    sig = signal.SIGTERM if term else signal.SIGUSR1 if usr1 else 0
+    return 2.0 * int(sig) + (1.0 if due else 0.0)
+
+
+def checkpoint_due(every: int, done: int, last_done: int) -> bool:
+    """THE rule of ``--checkpoint-every N`` (steps): due at the first meeting point at or after
+    each multiple of N completed steps, counted from the last checkpoint (``last_done`` steps were
+    complete then)."""
+    return bool(every) and done // every > last_done // every
+
+
+class Progress:
+    """The one progress printer: a line on rank 0 at most every ``--progress-seconds`` (always with
+    ``force``), never with ``--quiet`` unless forced."""
+
+    def __init__(self, run):
+        self.run, self._next = run, 0.0
+
+    def __call__(self, done: int, total: int | None, force: bool = False, unit: str = "step",
+                 **values) -> None:
+        run = self.run
+        if run.rank != 0 or (run.args.quiet and not force):
+            return
+        now = time.monotonic()
+        if not force and now < self._next:
+            return
+        self._next = now + run.args.progress_seconds
+        elapsed = run.comm.clock()
+        vals = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                        for k, v in values.items())
+        if total:
+            frac = done / total
+            eta = elapsed / frac - elapsed if frac > 0 else float("nan")
+            print(f"[0] {unit} {done}/{total} ({100 * frac:3.0f}%) {vals} | {elapsed:.1f} s, "
+                  f"eta {eta:.0f} s", flush=True)
+        else:
+            print(f"[0] {unit} {done} {vals} | {elapsed:.1f} s", flush=True)
+
+
+class Loop:
+    """The steps of one run and the agreement at its meeting points.
+
+    ``total``: how many steps the run has; ``first_step``: the index of its first step (0, or 1
+    where the paper counts from 1); a resumed run starts after its checkpoint's step
+    (``run.start_step``). ``meet_every``: the ranks meet after every this many steps (0: only where
+    the algorithm calls :meth:`agree`). ``state(step)`` returns the algorithm's state to checkpoint.
+    ``unit``: what a step is called in the progress line.
+    """
+
+    def __init__(self, run, total: int, first_step: int = 0, meet_every: int = 1, state=None,
+                 unit: str = "step"):
+        self.run, self.total, self.base = run, total, first_step
+        self.meet_every, self.state, self.unit = meet_every, state, unit
+        self.first = max(first_step, run.start_step)
+        self.last_saved = self.done(self.first - 1)   # completed steps at the last checkpoint
+        self.stopped = False
+
+    def __iter__(self):
+        return iter(range(self.first, self.base + self.total))
+
+    def done(self, step: int) -> int:
+        """Completed steps after ``step``."""
+        return step - self.base + 1
+
+    def is_last(self, step: int) -> bool:
+        return self.done(step) >= self.total
+
+    def meets(self, step: int) -> bool:
+        """Whether the ranks meet after ``step`` (a meeting point, or a checkpoint due)."""
+        done = self.done(step)
+        return ((self.meet_every and done % self.meet_every == 0 and not self.is_last(step))
+                or checkpoint_due(self.run.args.checkpoint_every, done, self.last_saved))
+
+    def end_step(self, step: int, force: bool = False, **shown) -> bool:
+        """After the algorithm's ``step``: progress on rank 0, the trace's step and flush
+        (``Run.step_done``), then the agreement when the ranks meet. True = stop now."""
+        self.run.progress(self.done(step), self.total, force=force, unit=self.unit, **shown)
+        self.run.step_done(step)
+        if self.meets(step):
+            return self.agree(step)
+        return False
+
+    # ------------------------------------------------------------------ the agreement
+    def agree(self, step: int, code: float | None = None, state: dict | None = None) -> bool:
+        """THE agreement, on every rank at the same step: saves every rank's state when a
+        checkpoint is due (``--checkpoint-every`` steps or duration) or a stop signal arrived on
+        any rank, and returns True when the job must stop now. ``code``: the stop code already
+        agreed by the algorithm's own collective (else a max-allreduce on channel ``control``);
+        ``state``: the state to save (else ``self.state(step)``). A signal during the last step
+        just lets the run finish."""
+        run = self.run
+        if code is None:
+            code = run.comm.allreduce_scalar(run.stop_code(), "max", "control")
+        timed, stop = decode_stop(code)
+        stop = stop and not self.is_last(step)
+        if timed or stop or checkpoint_due(run.args.checkpoint_every, self.done(step),
+                                           self.last_saved):
+            run.save_checkpoint(step, state if state is not None else self.state(step))
+            self.last_saved = self.done(step)
+        if stop:
+            self.stopped = True
+            run.announce_stop(step, code)
+        return stop
