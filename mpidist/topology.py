@@ -36,7 +36,7 @@ import numpy as np
 
 from .errors import UsageError
 
-GRAPHS = ("full", "ring")
+GRAPHS = ("full", "ring", "exponential")
 MIXINGS = ("lazy", "metropolis")
 
 #: The paper's networks (Sec. 5.2) by number of agents: (name, reliable cluster sizes).
@@ -99,18 +99,22 @@ def cluster_of(sizes) -> np.ndarray:
 # ----------------------------------------------------------------------------------- graphs
 
 def adjacency(graph: str, n: int) -> np.ndarray:
-    """Boolean N x N adjacency (symmetric, no self-loops) of ``graph`` ("full" or "ring")."""
+    """Boolean N x N adjacency (symmetric, no self-loops) of ``graph``: "full", "ring" (i ~ i +- 1)
+    or "exponential" (i ~ i +- 2^k mod N for 2^k < N: the undirected exponential graph of
+    decentralized SGD, degree O(log N))."""
     if graph not in GRAPHS:
         raise TopologyError(f"unknown graph '{graph}' (known: {', '.join(GRAPHS)})")
     if n < 1:
         raise TopologyError(f"a graph needs at least one agent, got {n}")
     a = np.zeros((n, n), dtype=bool)
+    i = np.arange(n)
     if graph == "full":
         a[:] = True
-    else:
-        i = np.arange(n)
-        a[i, (i + 1) % n] = True
-        a[(i + 1) % n, i] = True
+    for hop in ([1] if graph == "ring" else
+                [1 << k for k in range(max(1, n - 1).bit_length())] if graph == "exponential"
+                else []):
+        a[i, (i + hop) % n] = True
+        a[(i + hop) % n, i] = True
     np.fill_diagonal(a, False)
     return a
 

@@ -54,6 +54,21 @@ def test_closed_forms_full_graph():
     assert np.allclose(lazy.W_tilde, 0.5 * (np.eye(8) + wt))
 
 
+@pytest.mark.parametrize("n", [2, 5, 8, 16])
+def test_exponential(n):
+    """i ~ i +- 2^k (mod n) for 2^k < n, by hand: connected, symmetric, degree O(log n)."""
+    t = topology.build(n, (n,), "exponential", 0, "metropolis")
+    for i in range(n):
+        hops = {(i + s * (1 << k)) % n for k in range(n.bit_length()) if (1 << k) < n
+                for s in (1, -1)} - {i}
+        assert t.neighbours(i) == sorted(hops)
+    assert topology.mixing_problems(t.W, t.adj) == []
+    if n == 8:  # 0 ~ 1, 2, 4, 6, 7: degree 5 everywhere, so w = 1/6 on edges and the diagonal
+        assert np.allclose(t.W[0], [1 / 6, 1 / 6, 1 / 6, 0, 1 / 6, 0, 1 / 6, 1 / 6])
+    ev = np.sort(np.linalg.eigvalsh(t.W))
+    assert ev[-2] < 1 - 1e-9  # connected: the eigenvalue 1 is simple
+
+
 def test_ring():
     t = topology.build(8, (3, 5), "ring", 20, "metropolis")
     for i in range(8):
