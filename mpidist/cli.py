@@ -282,3 +282,24 @@ def data_flags(p: ArgumentParser, default_size: int | None = None) -> None:
     """The data group (``--data``, ``--data-root``, ``--download``, ``--image-size``)."""
     from . import data
     data.add_arguments(p, default_size)
+
+
+def loss_flag(g, default: str = "cross_entropy") -> None:
+    """``--loss cross_entropy|mse|MODULE:FUNCTION`` (:func:`mpidist.user.loss_function`)."""
+    g.add_argument("--loss", default=default, metavar="cross_entropy|mse|MODULE:FUNCTION",
+                   help="training loss: cross_entropy (classification; accuracy is reported), mse "
+                        "(regression), or your own FUNCTION(output, target) -> scalar tensor "
+                        f"(default {default})")
+
+
+def settings_argv(settings: dict) -> list[str]:
+    """``dict(trace_dir="runs/x", quiet=True)`` -> ``["--trace-dir", "runs/x", "--quiet"]``: the
+    Python API's keywords as the command line's flags (False/None leave a flag out)."""
+    argv = []
+    for k, v in settings.items():
+        flag = "--" + k.replace("_", "-")
+        if v is True:
+            argv.append(flag)
+        elif v is not None and v is not False:
+            argv += [flag, str(v)]
+    return argv

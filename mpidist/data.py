@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import user
 from .errors import UsageError
 
 
@@ -34,10 +35,10 @@ class DataError(UsageError):
 
 @dataclass
 class Dataset:
-    x: torch.Tensor          # float32 [N, C, H, W] in [0, 1]
-    y: torch.Tensor          # int64 [N]
+    x: torch.Tensor          # float32 [N, ...]: images [N, C, H, W] in [0, 1], or a user's inputs
+    y: torch.Tensor          # int64 [N] class labels, or float regression targets [N, ...]
     name: str
-    num_classes: int
+    num_classes: int         # classes, or the number of outputs of a regression
 
     def __len__(self) -> int:
         return len(self.y)
@@ -169,12 +170,34 @@ DATASETS = ("digits", "mnist", "usps", "svhn", "cifar10", "cifar100",
             *(f"office31-{d}" for d in sorted(OFFICE31_DOMAINS)))
 
 
+_USER_CACHE: dict = {}
+
+
+def dataset_name(s: str) -> str:
+    """``--data``: a built-in name or a user's ``MODULE:FUNCTION``."""
+    if s in DATASETS or s.startswith("office31-") or user.is_spec(s):
+        return s
+    raise argparse.ArgumentTypeError(f"invalid choice: '{s}' (known: {', '.join(DATASETS)}, or "
+                                     "MODULE:FUNCTION for your own)")
+
+
 def load(name: str = "digits", root: str | None = None, download: bool = False, train: bool = True,
          size: int | None = None, channels: int | None = None, rotate_deg: float = 0.0) -> Dataset:
     """Load a dataset by name (see ``DATASETS``), resized to ``size`` and converted to ``channels``.
 
-    Office-31 has no train/test split: the whole domain is returned for both.
+    Office-31 has no train/test split: the whole domain is returned for both. A ``MODULE:FUNCTION``
+    name loads a user's dataset (:func:`mpidist.user.load_dataset`, called once per process).
     """
+    if user.is_spec(name):
+        key = (name, root)
+        if key not in _USER_CACHE:
+            _USER_CACHE[key] = user.load_dataset(name, root)
+        xtr, ytr, xte, yte, k = _USER_CACHE[key]
+        x, y = (xtr, ytr) if train else (xte, yte)
+        if x.dim() == 4 and (size or channels or rotate_deg):
+            x = to_channels(rotate(resize(x, size), rotate_deg) if rotate_deg else resize(x, size),
+                            channels)
+        return Dataset(x.contiguous(), y, name, k)
     if name not in DATASETS and not name.startswith("office31-"):
         raise DataError(f"unknown dataset '{name}' (known: {', '.join(DATASETS)})")
     if name == "digits":
@@ -273,10 +296,13 @@ def image_size(s: str) -> int:
 def add_arguments(p, default_size: int | None = None) -> None:
     """The data flags every entry point shares (group "data")."""
     g = p.add_argument_group("data")
-    g.add_argument("--data", default="digits", choices=DATASETS,
-                   help="dataset (default digits: the embedded UCI handwritten digits, no network)")
+    g.add_argument("--data", default="digits", type=dataset_name, metavar="NAME|MODULE:FUNCTION",
+                   help=f"dataset: {', '.join(DATASETS)} (default digits: the embedded UCI "
+                        "handwritten digits, no network), or your own: FUNCTION(root) -> (train, "
+                        "test[, num_classes]) of torch Datasets of (input, label)")
     g.add_argument("--data-root", default=None,
-                   help="folder holding the dataset's files in torchvision's layout")
+                   help="folder holding the dataset's files in torchvision's layout (passed as "
+                        "root to your own FUNCTION)")
     g.add_argument("--download", action="store_true",
                    help="let torchvision download a missing dataset into --data-root (needs a network)")
     g.add_argument("--image-size", type=image_size, default=default_size,

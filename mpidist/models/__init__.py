@@ -19,6 +19,10 @@ def register(name: str):
 
 
 def build(name: str, in_shape, num_classes: int, **kw) -> nn.Module:
+    """The zoo's model ``name``, or a user's ``MODULE:FUNCTION`` (:func:`mpidist.user.build_model`)."""
+    from .. import user
+    if user.is_spec(name):
+        return user.build_model(name, in_shape, num_classes, **kw)
     if name not in MODELS:
         from ..errors import UsageError
         raise UsageError(f"unknown model '{name}' (known: {', '.join(sorted(MODELS))})")
