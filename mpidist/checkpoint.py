@@ -153,3 +153,22 @@ def load_rank(d: str, rank: int, map_location="cpu") -> dict:
         raise CheckpointError(f"--resume {d}: rank{rank}.pt is not a checkpoint of the mpidist "
                               f"runtime (no {', '.join(missing)})")
     return state
+
+
+# flags a resumed run may set as it likes: where the run writes, how it talks and reports, when
+# it checkpoints and stops; none of them changes what is computed
+RUN_FLAGS = frozenset({"trace_dir", "resume", "device", "link_latency", "link_bandwidth",
+                       "comm_timeout", "flush_seconds", "progress_seconds", "quiet",
+                       "checkpoint_every", "checkpoint_seconds", "term_grace", "fail_at", "help"})
+
+
+def resume_mismatch(saved: dict, now: dict, may_change) -> str | None:
+    """The flags a resumed run changes although it must not (all but RUN_FLAGS and
+    ``may_change``), as one line, or None: a resume continues the interrupted run, it does not
+    train another configuration from its state."""
+    changed = [f"--{k.replace('_', '-')} {saved[k]!r} -> {now[k]!r}" for k in sorted(saved)
+               if k in now and k not in RUN_FLAGS and k not in may_change and saved[k] != now[k]]
+    if not changed:
+        return None
+    return ("a resumed run must continue the interrupted one, but this one changes "
+            + ", ".join(changed) + " (resume with the flags of the interrupted run)")

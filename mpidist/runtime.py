@@ -1,11 +1,11 @@
-"""Start-up shared by every entry point: MPI, arguments, seeds, device, trace, logging, failure.
+"""Start-up shared by every entry point: arguments, run directory, trace, seeds, device, failure.
 
 An algorithm's ``main`` is::
 
-    parser = runtime.parser("pcasgd", __doc__)        # the shared flags are already in it
-    parser.add_argument(...)                          # the algorithm's own flags
-    with runtime.start("pcasgd", parser, argv, check=check_world) as run:
-        ... run.comm, run.device, run.rank, run.metric(), run.progress(), run.log ...
+    p = mpidist.<name>.cli.build_parser()             # mpidist.cli: the shared flag vocabulary
+    with runtime.start("<name>", p, argv, check=check_world, may_change=...) as run:
+        loop = Loop(run, total=steps, ...)             # mpidist.loop: the shared run loop
+        ... run.comm, run.device, run.rank, run.metric(), run.log ...
 
 What ``start`` guarantees:
 
@@ -25,7 +25,6 @@ What ``start`` guarantees:
 from __future__ import annotations
 
 import json
-import logging
 import os
 import random
 import signal
@@ -38,8 +37,9 @@ import numpy as np
 import torch
 from mpi4py import MPI
 
-from . import __version__
-from . import checkpoint, signals
+from . import checkpoint, rundir, signals
+from .checkpoint import RUN_FLAGS, resume_mismatch  # noqa: F401
+from .placement import choose_device, local_rank, make_logger, versions  # noqa: F401
 from .cli import (ArgumentParser, checkpoint_period, fail_spec, nonneg_float,  # noqa: F401
                   nonneg_int, parser, positive_float, positive_int, unit_float)
 from .loop import Progress, decode_stop, signal_name, stop_from_mean, stop_term  # noqa: F401
@@ -50,63 +50,6 @@ from .trace import TraceError, TraceWriter, rank_path
 
 class InjectedFailure(RuntimeError):
     """The failure asked for by --fail-at."""
-
-
-def local_rank(comm=MPI.COMM_WORLD) -> tuple[int, int]:
-    """(this rank's index among the ranks on its node, how many ranks its node runs)."""
-    try:
-        node = comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.Get_rank())
-        r, n = node.Get_rank(), node.Get_size()
-        node.Free()
-        return r, n
-    except MPI.Exception:
-        for var, nvar in (("SLURM_LOCALID", "SLURM_NTASKS_PER_NODE"),
-                          ("OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_SIZE"),
-                          ("MPI_LOCALRANKID", "MPI_LOCALNRANKS")):
-            if var in os.environ:
-                return int(os.environ[var]), int(os.environ.get(nvar, "0") or 0)
-        return 0, 0
-
-
-def choose_device(kind: str, local: int) -> torch.device:
-    """``cuda:<local mod GPUs>`` for auto/cuda when CUDA is present, else CPU (cuda without CUDA is
-    a UsageError). Sets the current CUDA device before anything is allocated on it."""
-    if kind == "cpu" or (kind == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise UsageError("--device cuda: CUDA is not available on this node")
-    dev = torch.device("cuda", local % torch.cuda.device_count())
-    torch.cuda.set_device(dev)
-    return dev
-
-
-def versions() -> dict:
-    import mpi4py
-    return {"mpidist": __version__, "torch": torch.__version__, "mpi4py": mpi4py.__version__,
-            "mpi": MPI.Get_library_version().splitlines()[0].strip(), "python": sys.version.split()[0]}
-
-
-class _RankFilter(logging.Filter):
-    def __init__(self, rank):
-        super().__init__()
-        self.rank = rank
-
-    def filter(self, record):
-        record.rank = self.rank
-        return True
-
-
-def make_logger(rank: int) -> logging.Logger:
-    """A logger whose every line starts with ``[rank]`` (stderr)."""
-    log = logging.getLogger("mpidist")
-    log.handlers.clear()
-    h = logging.StreamHandler(sys.stderr)
-    h.addFilter(_RankFilter(rank))
-    h.setFormatter(logging.Formatter("[%(rank)d] %(levelname)s %(message)s"))
-    log.addHandler(h)
-    log.setLevel(logging.INFO)
-    log.propagate = False
-    return log
 
 
 def _usage_exit(algorithm: str, rank: int, message: str) -> None:
@@ -180,7 +123,7 @@ class Run:
             # a resumed trace stays as the interrupted run left it
             self.trace.abandon("usage-error")
             self._all_arrive(USAGE_AGREE_S)
-            _remove_if_empty(self.run_dir, self.created_dir)
+            rundir.remove_if_empty(self.run_dir, self.created_dir)
             self._usage_comm.Free()
             _usage_exit(self.algorithm, self.rank, message)
         self.trace.close(status="usage-error")
@@ -295,42 +238,6 @@ class Run:
         return False
 
 
-# flags a resumed run may set as it likes: where the run writes, how it talks and reports, when
-# it checkpoints and stops; none of them changes what is computed
-RUN_FLAGS = frozenset({"trace_dir", "resume", "device", "link_latency", "link_bandwidth",
-                       "comm_timeout", "flush_seconds", "progress_seconds", "quiet",
-                       "checkpoint_every", "checkpoint_seconds", "term_grace", "fail_at", "help"})
-
-
-def resume_mismatch(saved: dict, now: dict, may_change) -> str | None:
-    """The flags a resumed run changes although it must not (all but RUN_FLAGS and
-    ``may_change``), as one line, or None: a resume continues the interrupted run, it does not
-    train another configuration from its state."""
-    changed = [f"--{k.replace('_', '-')} {saved[k]!r} -> {now[k]!r}" for k in sorted(saved)
-               if k in now and k not in RUN_FLAGS and k not in may_change and saved[k] != now[k]]
-    if not changed:
-        return None
-    return ("a resumed run must continue the interrupted one, but this one changes "
-            + ", ".join(changed) + " (resume with the flags of the interrupted run)")
-
-
-def _probe_writable(run_dir: str) -> None:
-    """Create and remove a file in ``run_dir`` (raises OSError): a real test, where os.access
-    says yes to root even on a read-only file system or a kernel directory."""
-    import tempfile
-    with tempfile.NamedTemporaryFile(dir=run_dir, prefix=".mpidist-probe-"):
-        pass
-
-
-def _remove_if_empty(run_dir: str, mine: bool) -> None:
-    """Remove the run directory this run created (``mine``) if nothing is left in it."""
-    if mine:
-        try:
-            os.rmdir(run_dir)
-        except OSError:
-            pass
-
-
 def abort(rank: int, exc: BaseException, trace: TraceWriter | None = None, code: int = 1) -> None:
     """Report ``exc`` with the rank, save what the trace holds, and end the whole job (MPI_Abort)."""
     try:
@@ -421,21 +328,8 @@ def start(algorithm: str, p: ArgumentParser, argv=None, check=None,
     # the run directory: chosen and created on rank 0, agreed by all
     run_dir, err, created = None, None, False
     if rank == 0:
-        run_dir = args.trace_dir or (resume_dir if resumed else os.path.join(
-            "runs", f"{algorithm}-{time.strftime('%Y%m%d-%H%M%S')}"))
-        try:
-            created = not os.path.exists(run_dir)
-            os.makedirs(run_dir, exist_ok=True)
-            continuing = resumed is not None and os.path.abspath(run_dir) == resume_dir
-            if os.path.exists(rank_path(run_dir, 0)) and not continuing:
-                err = (f"--trace-dir {run_dir} already holds a trace (rank0.h5); choose another "
-                       "directory so that the earlier run is not overwritten")
-            else:
-                _probe_writable(run_dir)
-        except PermissionError as e:
-            err = f"--trace-dir {run_dir} is not writable ({e.strerror})"
-        except OSError as e:
-            err = f"--trace-dir {run_dir}: cannot create it ({e.strerror})"
+        run_dir, err, created = rundir.choose(args.trace_dir, algorithm,
+                                              resume_dir if resumed is not None else None)
     run_dir, err = setup.bcast_object((run_dir, err))
     if err:
         _usage_exit(algorithm, rank, err)
@@ -468,7 +362,7 @@ def start(algorithm: str, p: ArgumentParser, argv=None, check=None,
         if trace is not None:
             trace.abandon("start-up error")
         setup.barrier()
-        _remove_if_empty(run_dir, rank == 0 and created)
+        rundir.remove_if_empty(run_dir, rank == 0 and created)
         _usage_exit(algorithm, rank, errors[0])
     link = LinkModel(args.link_latency, args.link_bandwidth)
     comm = Communicator(world, trace, clock, link, args.comm_timeout, cuda_aware)
