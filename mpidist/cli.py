@@ -45,10 +45,7 @@ class ArgumentParser(argparse.ArgumentParser):
 
 # ------------------------------------------------------------------------------ value types
 def _number(s: str, cast):
-    try:
-        v = cast(s)
-    except (ValueError, OverflowError):
-        raise argparse.ArgumentTypeError(f"expected a number, got {s}") from None
+    v = cast(s)  # a ValueError becomes argparse's "invalid <type> value: 'x'"
     if cast is float and not math.isfinite(v):
         raise argparse.ArgumentTypeError(f"must be a finite number, got {s}")
     return v
