@@ -3,8 +3,9 @@
 Only this module knows graphs (DESIGN.md): an algorithm asks it *whom* an agent talks to and *with
 what weight*, and moves the bytes itself through :mod:`mpidist.comm`.
 
-PC-ASGD (paper 001, Sec. 2 and 5.2) runs N agents on an undirected connected graph whose agents are
-partitioned into *reliable clusters*: a neighbour in the agent's own cluster is a reliable neighbour
+PC-ASGD ("Asynchronous Training Schemes in Distributed Learning with Time Delay", Sec. 2 and 5.2)
+runs N agents on an undirected connected graph whose agents are partitioned into *reliable
+clusters*: a neighbour in the agent's own cluster is a reliable neighbour
 (Def. 1, its state is one step old), a neighbour in another cluster is an unreliable neighbour
 (Def. 2, its state is ``tau`` steps old). Two mixing matrices act on that graph (Algorithm 1):
 
