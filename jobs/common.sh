@@ -129,21 +129,23 @@ mpidist_job() {
     mkdir -p "$run_dir" || { mpidist_log "error: cannot create $run_dir"; return 2; }
     run_dir=$(cd "$run_dir" && pwd)
 
+    # the algorithm by name, from mpidist's registry (an unknown name lists the known ones)
+    local module
+    module=${MPIDIST_MODULE:-$(PYTHONPATH=$home${PYTHONPATH:+:$PYTHONPATH} "$py" -m mpidist --module "$ALGORITHM")} || return 2
+
     # which trace: the first attempt writes trace/; a requeued one continues the newest trace that
-    # holds a complete checkpoint (when the runtime has --resume), else starts trace.restart<k>/
+    # holds a complete checkpoint (--resume), else starts trace.restart<k>/
     attempt=${SLURM_RESTART_COUNT:-0}
     trace_dir=$run_dir/trace
     if [ "$attempt" != 0 ]; then
         trace_dir=$run_dir/trace.restart$attempt
-        if grep -q -- '"--resume"' "$home/mpidist/runtime.py" 2>/dev/null; then
-            for ((k = attempt - 1; k >= 0; k--)); do
-                if [ "$k" = 0 ]; then d=$run_dir/trace; else d=$run_dir/trace.restart$k; fi
-                if compgen -G "$d/checkpoints/*/MANIFEST.json" >/dev/null; then
-                    trace_dir=$d resume=(--resume "$d")
-                    break
-                fi
-            done
-        fi
+        for ((k = attempt - 1; k >= 0; k--)); do
+            if [ "$k" = 0 ]; then d=$run_dir/trace; else d=$run_dir/trace.restart$k; fi
+            if compgen -G "$d/checkpoints/*/MANIFEST.json" >/dev/null; then
+                trace_dir=$d resume=(--resume "$d")
+                break
+            fi
+        done
     fi
 
     # what the ranks see: one OpenMP thread per allocated CPU, the run directory, the attempt
@@ -153,7 +155,7 @@ mpidist_job() {
     export PYTHONPATH=$home${PYTHONPATH:+:$PYTHONPATH}
 
     read -r -a extra <<< "${MPIDIST_ARGS:-}"
-    local cmd=("$py" -m "${MPIDIST_MODULE:-mpidist.$ALGORITHM}" --trace-dir "$trace_dir"
+    local cmd=("$py" -m "$module" --trace-dir "$trace_dir"
                ${DEFAULT_ARGS[@]+"${DEFAULT_ARGS[@]}"} ${extra[@]+"${extra[@]}"}
                ${resume[@]+"${resume[@]}"} "$@")
     local launch=()
