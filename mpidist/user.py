@@ -129,9 +129,12 @@ def loss_function(spec: str):
 
 def check_fit(model, loss_fn, x, y, model_name: str, loss_name: str) -> None:
     """One forward pass of one batch before training: the model's output must fit the labels
-    under the loss (a one-line UsageError otherwise)."""
+    under the loss (a one-line UsageError otherwise). It changes nothing: eval mode (no batch-norm
+    statistics updated), no gradient, the RNG states restored (dropout draws nothing for later)."""
+    was = model.training
+    model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
             out = model(x)
             value = loss_fn(out, y)
     except Exception as e:  # a shape or dtype mismatch: name the shapes
@@ -140,6 +143,8 @@ def check_fit(model, loss_fn, x, y, model_name: str, loss_name: str) -> None:
                          f"inputs {tuple(x.shape)}, output {shape}, labels {tuple(y.shape)} "
                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") \
             from None
+    finally:
+        model.train(was)
     if not (isinstance(value, torch.Tensor) and value.numel() == 1):
         raise UsageError(f"--loss {loss_name}: must return a scalar tensor, got "
                          f"{type(value).__name__}")
