@@ -112,6 +112,17 @@ class Run:
         if self.rank == 0:
             print("\n".join(lines), flush=True)
 
+    def save_model(self, module: torch.nn.Module, name: str = "model") -> str:
+        """This rank's trained ``module`` (its state_dict, tensors only: ``torch.load(...,
+        weights_only=True)`` reads it) as ``<run dir>/<name>/rank<k>.pt``, written atomically."""
+        folder = os.path.join(self.run_dir, name)
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, f"rank{self.rank}.pt")
+        state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
+        torch.save(state, path + ".tmp")
+        os.replace(path + ".tmp", path)
+        return path
+
     def usage_error(self, message: str) -> None:
         """Bad input found after start: one line on rank 0, exit 2 everywhere. Usually every rank
         finds it alike; when some rank has not arrived here within USAGE_AGREE_S seconds (it found
