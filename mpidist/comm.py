@@ -18,245 +18,45 @@ every byte an algorithm moves becomes one row of the trace (`mpidist.trace`).
 - :class:`LinkModel` (off by default) delays completions as a network of given latency and bandwidth
   would, so that one machine shows the communication/computation trade-offs of a cluster.
 
-Flattening (one contiguous buffer per message) lives here too: :class:`FlatParams` makes a model's
-parameters and gradients views into one persistent buffer, so exchanging them copies nothing.
+Flattening (one contiguous buffer per message) belongs to it too: :class:`FlatParams` makes a
+model's parameters and gradients views into one persistent buffer, so exchanging them copies
+nothing.
+
+Import everything from here. This module holds the :class:`Communicator`; the parts it is built
+from live in modules of one job each, whose names it re-exports:
+
+- :mod:`mpidist.buffers`: ``aligned_empty``, ``flatten``, ``unflatten``, ``trainable_tensors``,
+  ``FlatParams``, ``Block``, ``BufferPool`` (memory, no MPI);
+- :mod:`mpidist.cuda_aware`: ``cuda_aware_mpi``;
+- :mod:`mpidist.link`: ``LinkModel``;
+- :mod:`mpidist.handles`: ``Handle``, ``waitall``, ``CommError``, ``CommTimeout``.
 """
 from __future__ import annotations
 
 import ctypes
-import mmap
-import os
 import pickle
 import struct
-import time
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from mpi4py import MPI
 
-# --------------------------------------------------------------------------------- buffers
+from .buffers import (Block, BufferPool, FlatParams, _bytes, aligned_empty, flatten,
+                      trainable_tensors, unflatten)
+from .cuda_aware import cuda_aware_mpi
+from .handles import CommError, CommTimeout, Handle, waitall
+from .link import LinkModel
 
-_ALIGN = 2 << 20  # 2 MiB: one transparent huge page
+__all__ = ["Communicator", "Handle", "waitall", "CommError", "CommTimeout", "LinkModel",
+           "cuda_aware_mpi", "aligned_empty", "flatten", "unflatten", "trainable_tensors",
+           "FlatParams", "Block", "BufferPool"]
 
-
-def aligned_empty(numel: int, dtype=torch.float32, device="cpu") -> torch.Tensor:
-    """An uninitialised 1-D tensor; on the CPU 2 MiB-aligned and advised to use huge pages.
-
-    Huge pages halve the TLB misses of large copies (DESIGN.md: 25 vs 12.9 GB/s at 1 MiB).
-    """
-    device = torch.device(device)
-    if device.type != "cpu":
-        return torch.empty(numel, dtype=dtype, device=device)
-    itemsize = torch.empty(0, dtype=dtype).element_size()
-    nbytes = max(numel * itemsize, 1)
-    if nbytes < (256 << 10):
-        return torch.empty(numel, dtype=dtype)
-    m = mmap.mmap(-1, nbytes + _ALIGN)
-    if hasattr(mmap, "MADV_HUGEPAGE"):
-        try:
-            m.madvise(mmap.MADV_HUGEPAGE)
-        except OSError:
-            pass
-    raw = torch.frombuffer(m, dtype=torch.uint8)  # keeps the mmap alive
-    offset = (-raw.data_ptr()) % _ALIGN
-    return raw[offset: offset + numel * itemsize].view(dtype)
-
-
-def flatten(tensors, out: torch.Tensor | None = None) -> torch.Tensor:
-    """Copy ``tensors`` (one dtype) into one contiguous 1-D buffer, ``out`` if given."""
-    tensors = list(tensors)
-    n = sum(t.numel() for t in tensors)
-    if out is None:
-        out = aligned_empty(n, tensors[0].dtype, tensors[0].device)
-    if out.numel() != n:
-        raise ValueError(f"flatten: out has {out.numel()} elements, tensors have {n}")
-    i = 0
-    for t in tensors:
-        out[i:i + t.numel()].copy_(t.reshape(-1))
-        i += t.numel()
-    return out
-
-
-def unflatten(flat: torch.Tensor, like) -> list[torch.Tensor]:
-    """Views into ``flat`` shaped like the tensors of ``like`` (no copy)."""
-    need = sum(t.numel() for t in like)
-    if need != flat.numel():
-        raise ValueError(f"unflatten: flat has {flat.numel()} elements, shapes need {need}")
-    out, i = [], 0
-    for t in like:
-        out.append(flat[i:i + t.numel()].view(t.shape))
-        i += t.numel()
-    return out
-
-
-def trainable_tensors(module: torch.nn.Module, who: str) -> list[torch.Tensor]:
-    """The module's trainable parameters, refusing none at all or several dtypes (one flat buffer
-    holds one dtype)."""
-    tensors = [p for p in module.parameters() if p.requires_grad]
-    if not tensors:
-        raise ValueError(f"{who}: the module has no trainable parameters")
-    dtypes = {p.dtype for p in tensors}
-    if len(dtypes) != 1:
-        raise ValueError(f"{who}: parameters of several dtypes {dtypes}; one buffer needs one")
-    return tensors
-
-
-class FlatParams:
-    """A module's parameters (and their gradients) as views into ONE persistent flat buffer each.
-
-    After ``fp = FlatParams(model)``, ``fp.params`` is a 1-D tensor whose slices *are* the model's
-    parameters and ``fp.grads`` one whose slices are their ``.grad``: exchanging or averaging them
-    needs no packing. Keep the grads as views: zero them with :meth:`zero_grad` (or an optimizer's
-    ``zero_grad(set_to_none=False)``), since ``set_to_none=True`` would detach them from the buffer.
-    """
-
-    def __init__(self, module: torch.nn.Module):
-        self.module = module
-        self.tensors = trainable_tensors(module, "FlatParams")
-        dtype, device = self.tensors[0].dtype, self.tensors[0].device
-        self.numel = sum(p.numel() for p in self.tensors)
-        self.params = flatten([p.detach() for p in self.tensors],
-                              aligned_empty(self.numel, dtype, device))
-        self.grads = aligned_empty(self.numel, dtype, device).zero_()
-        for p, v, g in zip(self.tensors, unflatten(self.params, self.tensors),
-                           unflatten(self.grads, self.tensors)):
-            p.data = v
-            p.grad = g
-
-    @property
-    def nbytes(self) -> int:
-        return self.params.numel() * self.params.element_size()
-
-    def zero_grad(self) -> None:
-        self.grads.zero_()
-        for p, g in zip(self.tensors, unflatten(self.grads, self.tensors)):
-            if p.grad is None or p.grad.data_ptr() != g.data_ptr():
-                p.grad = g  # re-attach a grad someone set to None or replaced
-
-    def copy_(self, flat: torch.Tensor) -> None:
-        self.params.copy_(flat)
-
-
-class Block:
-    """A pooled byte buffer: ``tensor`` (uint8), its address ``ptr`` and size ``nbytes``."""
-    __slots__ = ("tensor", "ptr", "nbytes", "key")
-
-    def __init__(self, tensor: torch.Tensor, key):
-        self.tensor, self.ptr, self.nbytes, self.key = tensor, tensor.data_ptr(), tensor.numel(), key
-
-
-class BufferPool:
-    """Reusable byte buffers by (size, device, pinned): no allocation on the hot path once warm."""
-
-    def __init__(self):
-        self._free: dict[tuple, list[Block]] = {}
-
-    def get(self, nbytes: int, device: str = "cpu", pinned: bool = False) -> Block:
-        """A block of ``nbytes`` on ``device`` ("cpu" or "cuda:i"), pinned host memory if asked."""
-        key = (nbytes, device, pinned)
-        free = self._free.get(key)
-        if free:
-            return free.pop()
-        if pinned:
-            t = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
-        else:
-            t = aligned_empty(nbytes, torch.uint8, device)
-        return Block(t, key)
-
-    def put(self, block: Block) -> None:
-        self._free.setdefault(block.key, []).append(block)
-
-
-def _bytes(t: torch.Tensor) -> torch.Tensor:
-    """The tensor's memory as a flat uint8 tensor (a view)."""
-    return t.reshape(-1).view(torch.uint8)
-
-
-# --------------------------------------------------------------------------------- CUDA
-
-def cuda_aware_mpi() -> bool:
-    """Whether the MPI library accepts CUDA device pointers.
-
-    ``MPIDIST_CUDA_AWARE=0|1`` overrides. Otherwise: False without CUDA; else the library's own
-    answer from ``MPIX_Query_cuda_support()`` (MPICH >= 4, Open MPI >= 4) looked up in the loaded
-    MPI library; else Open MPI's ``OMPI_MCA_opal_cuda_support=true``.
-    """
-    env = os.environ.get("MPIDIST_CUDA_AWARE")
-    if env is not None:
-        return env.strip().lower() in ("1", "true", "yes")
-    if not torch.cuda.is_available():
-        return False
-    import ctypes
-    for lib in (None, "libmpi.so.12", "libmpi.so.40", "libmpi.so"):
-        try:
-            query = getattr(ctypes.CDLL(lib, mode=ctypes.RTLD_GLOBAL), "MPIX_Query_cuda_support")
-        except (OSError, AttributeError):
-            continue
-        query.restype = ctypes.c_int
-        return bool(query())
-    return os.environ.get("OMPI_MCA_opal_cuda_support", "").lower() == "true"
-
-
-# --------------------------------------------------------------------------------- link model
-
-@dataclass
-class LinkModel:
-    """An emulated network: every message costs ``latency`` seconds plus bytes / ``bandwidth``.
-
-    A rank's outgoing messages share one link: message i starts when the link is free,
-    ``start_i = max(t_post_i, free)``, leaves at ``start_i + n_i / B`` and arrives at
-    ``start_i + L + n_i / B``. A send completes when it has left, a receive when it has arrived (the
-    sender's arrival time travels in an 8-byte trailer, on MPI_Wtime's clock, which the ranks of one
-    node share: the model is for single-node emulation). An allreduce of n bytes over p ranks costs
-    the ring algorithm's ``2 (p-1) L + 2 (p-1)/p n / B`` after MPI completes it, a broadcast
-    ``ceil(log2 p) (L + n / B)``.
-    """
-    latency: float = 0.0     # seconds per message
-    bandwidth: float = 0.0   # bytes per second; 0 = infinite
-
-    def __post_init__(self):
-        if self.latency < 0 or self.bandwidth < 0:
-            raise ValueError("link model: latency and bandwidth must be >= 0")
-        self._free = 0.0
-
-    @property
-    def enabled(self) -> bool:
-        return self.latency > 0 or self.bandwidth > 0
-
-    def wire(self, nbytes: int) -> float:
-        return nbytes / self.bandwidth if self.bandwidth > 0 else 0.0
-
-    def send(self, t_post: float, nbytes: int) -> tuple[float, float]:
-        """(time the last byte leaves, time it arrives) for a message posted at ``t_post``."""
-        start = max(t_post, self._free)
-        left = start + self.wire(nbytes)
-        self._free = left
-        return left, left + self.latency
-
-    def allreduce(self, nbytes: int, p: int) -> float:
-        return 2 * (p - 1) * self.latency + 2 * (p - 1) / p * self.wire(nbytes) if p > 1 else 0.0
-
-    def bcast(self, nbytes: int, p: int) -> float:
-        return int(np.ceil(np.log2(p))) * (self.latency + self.wire(nbytes)) if p > 1 else 0.0
-
-
-# --------------------------------------------------------------------------------- handles
-
-class CommError(RuntimeError):
-    """A communication that cannot be done as asked (bad tensor, wrong size, ...)."""
-
-
-class CommTimeout(CommError):
-    """A wait whose deadline passed; the message names rank, peer, tag and channel."""
-
+# --------------------------------------------------------------------------------- MPI plumbing
 
 _MPI_TYPES = {torch.float32: MPI.FLOAT, torch.float64: MPI.DOUBLE, torch.int32: MPI.INT32_T,
               torch.int64: MPI.INT64_T, torch.uint8: MPI.UINT8_T, torch.int8: MPI.INT8_T}
 _OPS = {"sum": MPI.SUM, "avg": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}
 _TRAILER = struct.Struct("<d")
-_SPIN_SECONDS = 0.02  # poll without sleeping this long, then poll with short sleeps
-
 
 _EMPTY = MPI.buffer(b"")
 
@@ -267,141 +67,6 @@ def _mpi_buffer(t: torch.Tensor):
         return t  # mpi4py takes device tensors through __dlpack__/__cuda_array_interface__
     nbytes = t.nbytes
     return MPI.buffer.fromaddress(t.data_ptr(), nbytes) if nbytes else _EMPTY
-
-
-class Handle:
-    """One operation in flight. It owns its buffer(s) until it completes.
-
-    ``wait(timeout)`` blocks until completion (and, with a link model, emulated arrival) and returns
-    the result tensor (the received tensor for irecv, the reduced tensor for iallreduce, the sent
-    tensor for isend); ``test()`` returns True once it has completed, without blocking.
-    """
-    __slots__ = ("comm", "req", "op", "peer", "tag", "channel", "nbytes", "step", "t_post",
-                 "t_ready", "result", "buf", "finish", "mpi_done", "done", "t_done")
-
-    def __init__(self, comm, req, op, peer, tag, channel, nbytes, t_post, result, buf=None,
-                 finish=None, t_ready=0.0):
-        self.comm, self.req, self.op, self.peer, self.tag = comm, req, op, peer, tag
-        self.channel, self.nbytes, self.t_post, self.result = channel, nbytes, t_post, result
-        self.buf, self.finish, self.t_ready = buf, finish, t_ready
-        self.step = comm.step
-        self.mpi_done = self.done = False
-        self.t_done = 0.0
-
-    def _mpi_complete(self) -> None:
-        """MPI has finished with the buffers: unstage, reduce-average, set the emulated arrival."""
-        self.mpi_done = True
-        if self.finish is not None:
-            self.finish(self)
-        if self.buf is not None:
-            self.comm.pool.put(self.buf)
-            self.buf = None
-
-    def _record(self, now: float) -> None:
-        self.t_done = now
-        self.done = True
-        trace = self.comm.trace
-        if trace is not None:
-            trace.comm(self.step, self.op, self.peer, self.tag, self.channel, self.nbytes,
-                       self.t_post, now)
-
-    def test(self) -> bool:
-        if self.done:
-            return True
-        if not self.mpi_done:
-            if not self.req.Test():
-                return False
-            self._mpi_complete()
-        now = self.comm.clock()
-        if now < self.t_ready:  # the emulated network is still carrying it
-            return False
-        self._record(now)
-        return True
-
-    def wait(self, timeout: float | None = None):
-        """Complete the operation; raise CommTimeout after ``timeout`` seconds (default: the
-        communicator's ``timeout``; ``float('inf')`` waits for ever)."""
-        if self.done:
-            return self.result
-        if not self.mpi_done:
-            req = self.req
-            if not req.Test():
-                timeout = self.comm.timeout if timeout is None else timeout
-                if timeout == float("inf"):
-                    req.Wait()
-                else:
-                    _poll(req.Test, timeout, self)
-            self._mpi_complete()
-        now = self.comm.clock()
-        if now < self.t_ready:
-            time.sleep(self.t_ready - now)
-            now = self.comm.clock()
-        self._record(now)
-        return self.result
-
-    def cancel(self) -> bool:
-        """Withdraw a posted receive that will never be matched (a peer that stopped for good, as
-        in MD-GAN's fail-stop crashes) so that no request is left pending at the end. Returns True
-        if it was cancelled before a message matched it (no trace row, the buffer keeps its old
-        contents; a message not yet matched stays for a later receive), False if it had matched
-        one (then it completes and is recorded as usual)."""
-        if self.done:
-            return False
-        if self.op != b"recv":
-            raise CommError(f"cancel: only receives can be cancelled, not {self.describe()}")
-        if not self.mpi_done:
-            self.req.Cancel()
-            status = MPI.Status()
-            self.req.Wait(status)
-            if status.Is_cancelled():
-                self.finish = None  # nothing arrived: no unstaging
-                self._mpi_complete()  # gives any pooled buffer back
-                self.done = True
-                return True
-            self._mpi_complete()
-        self.wait()
-        return False
-
-    def describe(self) -> str:
-        who = f"peer {self.peer}" if self.peer >= 0 else "the other ranks"
-        return (f"{self.op.decode()} with {who} (tag {self.tag}, channel "
-                f"'{self.channel.decode()}', step {self.step})")
-
-
-def _poll(test, timeout: float, handle: Handle) -> None:
-    """Poll ``test`` until true: spin first (latency), yielding the core between batches of polls
-    so that a peer sharing this core (ranks oversubscribing the cores) runs instead of waiting for
-    our time slice to end (as MPICH's own blocking wait does); after ``_SPIN_SECONDS`` sleep
-    briefly between polls; raise CommTimeout past ``timeout``."""
-    t0 = time.monotonic()
-    spin_end, deadline = t0 + _SPIN_SECONDS, t0 + timeout
-    nap = 20e-6
-    yield_ = os.sched_yield
-    while True:
-        for _ in range(32):
-            if test():
-                return
-        yield_()
-        now = time.monotonic()
-        if now >= deadline:
-            c = handle.comm
-            raise CommTimeout(f"rank {c.rank}: timed out after {timeout:g} s waiting for "
-                              f"{handle.describe()}")
-        if now >= spin_end:
-            time.sleep(nap)
-            nap = min(nap * 2, 1e-3)
-
-
-def waitall(handles, timeout: float | None = None) -> list:
-    """Wait for every handle (each with the same deadline counted from now); return their results."""
-    t0 = time.monotonic()
-    out = []
-    for h in handles:
-        left = None
-        if timeout is not None:
-            left = max(timeout - (time.monotonic() - t0), 0.0)
-        out.append(h.wait(left))
-    return out
 
 
 # --------------------------------------------------------------------------------- communicator
