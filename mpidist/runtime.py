@@ -75,7 +75,7 @@ class Run:
         self._progress = Progress(self)
         self.start_step = 0          # the first step to run (after --resume: the checkpoint's + 1)
         self.resumed_state = None    # the algorithm's state from the checkpoint, or None
-        self.stop_signal = 0         # set by SIGUSR1/SIGTERM; agreed by all ranks in checkpoint()
+        self.stop_signal = 0         # set by SIGUSR1/SIGTERM; agreed by all ranks in loop.Loop.agree
         self._previous_handlers = {}
         self._usage_comm = comm.mpi.Dup()  # for usage_error's agreement only
         self.created_dir = False            # rank 0 made run_dir for this run
@@ -167,24 +167,11 @@ class Run:
         if s.get("cuda") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(s["cuda"])
 
-    def checkpoint(self, step: int, state_fn) -> bool:
-        """Call after ``step_done(step)``. Saves ``state_fn()`` (the algorithm's state dict: model,
-        optimizer, schedules, queues, data position) on every rank when ``--checkpoint-every``
-        says so or when a stop signal arrived on any rank (all ranks agree on it here, so all save
-        the same step). Returns True when the job must stop now (after a signal)."""
-        every = self.args.checkpoint_every
-        code = self.comm.allreduce_scalar(self.stop_code(), "max", "control")
-        save, stop = decode_stop(code)
-        if save or (every and (step + 1) % every == 0):
-            self.save_checkpoint(step, state_fn())
-        if stop:
-            self.announce_stop(step, code)
-        return stop
-
     def stop_code(self) -> float:
-        """What this rank asks of the next agreement (a max-allreduce over all ranks, see
-        :func:`decode_stop`): 2 x the stop signal's number (0 without one), plus 1 when the
-        ``--checkpoint-every`` duration has passed since this rank's last checkpoint."""
+        """What this rank asks of the next agreement of :mod:`mpidist.loop` (a max over all
+        ranks, see :func:`mpidist.loop.decode_stop`): 2 x the stop signal's number (0 without
+        one), plus 1 when the ``--checkpoint-every`` duration has passed since this rank's last
+        checkpoint."""
         due = self.args.checkpoint_seconds and self.comm.clock() >= self._next_timed_checkpoint
         return 2.0 * self.stop_signal + (1.0 if due else 0.0)
 
@@ -196,8 +183,8 @@ class Run:
 
     def save_checkpoint(self, step: int, state: dict) -> None:
         """Collective: every rank saves ``state`` of ``step`` (with the RNG states and the clock);
-        rank 0 marks the checkpoint complete once all have. For algorithms that agree on when to
-        save at their own synchronisation points; others call :meth:`checkpoint`."""
+        rank 0 marks the checkpoint complete once all have. Called by :meth:`mpidist.loop.Loop.agree`
+        (where all ranks agreed to save this step)."""
         self.trace.flush()  # the trace holds every row up to the checkpoint it resumes from
         checkpoint.save_rank(self.ckpt_root, step, self.rank,
                              {"algorithm": state, "step": step, "t": self.comm.clock(),

@@ -243,25 +243,18 @@ def test_early_signal_checkpoints_and_requeues(jobs):
     run_dir = tmp / "runs" / f"adacomm-{jid}"
     attempts = (run_dir / "job.txt").read_text().split("attempt ")[1:]
     assert len(attempts) == 2 and "-m trace_demo" in attempts[1]
-    from mpidist import runtime
-    if hasattr(runtime.Run, "checkpoint"):
-        # the ranks saved a checkpoint and stopped; the second attempt resumed it in the same trace
-        assert f"--resume {run_dir}/trace" in attempts[1]
-        assert "(trace status: stopped by signal)" in out
-        run = trace.read_run(str(run_dir / "trace"))
-        assert {r.attrs["status"] for r in run.ranks} == {"ok"}
-        for r in run.ranks:
-            steps, _, _ = r.metric("loss")
-            # every step exactly once: the rows after the checkpoint were dropped and redone
-            assert list(steps) == list(range(REQUEUE_STEPS)), r.rank
-            ck, _, _ = r.metric("checkpoint")
-            assert len(ck) == 1 and 0 <= ck[0] < REQUEUE_STEPS - 1
-            assert r.attrs["resumed_at_step"] == ck[0]
-    else:
-        # no checkpoints in the runtime: the ranks were ended, the job started over
-        run = trace.read_run(str(run_dir / "trace.restart1"))
-        assert {r.attrs["status"] for r in run.ranks} == {"ok"}
-        assert list(run.ranks[0].metric("loss")[0]) == list(range(REQUEUE_STEPS))
+    # the ranks saved a checkpoint and stopped; the second attempt resumed it in the same trace
+    assert f"--resume {run_dir}/trace" in attempts[1]
+    assert "(trace status: stopped by signal)" in out
+    run = trace.read_run(str(run_dir / "trace"))
+    assert {r.attrs["status"] for r in run.ranks} == {"ok"}
+    for r in run.ranks:
+        steps, _, _ = r.metric("loss")
+        # every step exactly once: the rows after the checkpoint were dropped and redone
+        assert list(steps) == list(range(REQUEUE_STEPS)), r.rank
+        ck, _, _ = r.metric("checkpoint")
+        assert len(ck) == 1 and 0 <= ck[0] < REQUEUE_STEPS - 1
+        assert r.attrs["resumed_at_step"] == ck[0]
 
 
 @needs_slurm

@@ -109,13 +109,12 @@ def test_summary_matches_closed_form(runs, capsys, fe):
             assert int(r["first_step"]) == 0
         assert per[(k, "send", "params")]["peer"] == str((int(k) + 1) % WORLD)
         assert per[(k, "send", "feedback")]["peer"] == str((int(k) - 1) % WORLD)
-    # with the runtime's checkpoints the demo agrees on a stop signal every step: one 8-byte
-    # allreduce on channel "control"
-    from mpidist import runtime
-    n_ctl = s if hasattr(runtime.Run, "checkpoint") else 0
+    # on the shared loop the demo agrees on a stop signal after every step but the last: one
+    # 8-byte allreduce on channel "control"
+    n_ctl = s - 1
     for k in range(WORLD):
-        r = per.get((str(k), "allreduce", "control"))
-        assert (int(r["messages"]), int(r["bytes"])) == (n_ctl, 8 * n_ctl) if n_ctl else r is None
+        r = per[(str(k), "allreduce", "control")]
+        assert (int(r["messages"]), int(r["bytes"])) == (n_ctl, 8 * n_ctl)
     total = [r for r in rows if r["channel"] == "*"][0]
     traffic = WORLD * (s * NUMEL * 4 + n_fb * NUMEL + s * 1024 + n_bc * 4096 + 8 * n_ctl)
     assert int(total["messages"]) == WORLD * (s + n_fb + s + n_bc + n_ctl)
@@ -210,8 +209,7 @@ def test_compare_against_an_argument(runs, capsys, tmp_path):
     rows = csv_rows((tmp_path / "compare.csv").read_text())
     assert [r["--feedback-every"] for r in rows] == ["1", "3"]
     assert [r["run"] for r in rows] == ["feedback_every=1", "feedback_every=3"]
-    from mpidist import runtime
-    n_ctl = DEMO_STEPS if hasattr(runtime.Run, "checkpoint") else 0
+    n_ctl = DEMO_STEPS - 1  # the loop's agreements: after every step but the last
     for r, fe in zip(rows, (1, 3)):
         s, n_fb, n_bc = DEMO_STEPS, math.ceil(DEMO_STEPS / fe), math.ceil(DEMO_STEPS / BCAST_EVERY)
         assert int(r["bytes"]) == WORLD * (s * NUMEL * 4 + n_fb * NUMEL + s * 1024 + n_bc * 4096

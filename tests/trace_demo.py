@@ -32,6 +32,7 @@ import torch
 
 from mpidist import runtime
 from mpidist.comm import waitall
+from mpidist.loop import Loop
 
 TAG_PARAMS, TAG_FEEDBACK = 11, 12
 
@@ -55,8 +56,10 @@ def main(argv=None) -> None:
         fb_out, fb_in = torch.empty(a.numel // 4), torch.empty(a.numel // 4)
         g = torch.empty(256)
         swap = torch.empty(1024)
-        first = getattr(run, "start_step", 0)  # > 0 after --resume
-        for step in range(first, a.steps):
+        # the shared loop, meeting after every step (one 8-byte max-allreduce on channel
+        # "control", none after the last step); resumes after run.start_step
+        loop = Loop(run, total=a.steps, meet_every=1, state=lambda t: {"step": t})
+        for step in loop:
             if step == a.die_at and rank == n - 1:
                 run.trace.flush()
                 os.kill(os.getpid(), signal.SIGKILL)
@@ -88,9 +91,7 @@ def main(argv=None) -> None:
             run.metric(step, "accuracy", 1.0 - loss / 2.5)
             if rank == 0:
                 run.metric(step, "tau", step % 3)
-            run.progress(step + 1, a.steps, loss=loss)
-            run.step_done(step)
-            if hasattr(run, "checkpoint") and run.checkpoint(step, lambda: {"step": step}):
+            if loop.end_step(step, loss=loss):
                 return  # stopped by a signal, checkpoint saved
         run.say(f"demo: {a.steps} steps on {n} ranks, ring/feedback/allreduce/bcast checked")
 

@@ -5,6 +5,7 @@ import time
 import torch
 
 from mpidist import runtime
+from mpidist.loop import Loop
 from mpidist.errors import UsageError
 
 
@@ -36,7 +37,11 @@ def main(argv=None):
         if run.args.pid_file:
             with open(f"{run.args.pid_file}.{r}", "w") as f:
                 f.write(str(__import__("os").getpid()))
-        for step in range(run.start_step, run.args.steps):
+        # the shared loop, meeting after every step: the stop/checkpoint agreement is one 8-byte
+        # max-allreduce on channel "control" per step (none after the last step)
+        loop = Loop(run, total=run.args.steps, meet_every=1, state=lambda t: {"acc": acc})
+        step = run.start_step
+        for step in loop:
             if step == 1 and r == run.args.bad_rank:
                 raise UsageError(f"--bad-rank {r}: a bad input only this rank sees")
             hs = [run.comm.irecv(out, (r - 1) % n, 1, "ring")]
@@ -53,9 +58,7 @@ def main(argv=None):
                 run.trace.flush()
                 raise RuntimeError(f"injected failure at step {step}")
             time.sleep(run.args.step_seconds)
-            run.step_done(step)
-            run.progress(step + 1, run.args.steps)
-            if run.checkpoint(step, lambda: {"acc": acc}):
+            if loop.end_step(step):
                 break
         run.say(f"final acc {acc.item():.17g} step {step}")
 
