@@ -182,9 +182,9 @@ def test_presets_and_schedule():
     a = p.parse_args(argv)
     assert (a.data, a.model, a.batch_size, a.epochs, a.momentum) == ("cifar100", "densenet", 64,
                                                                      300, 0.9)
-    assert a.lr == 0.05 and a.lr_decay_epochs == [150.0, 225.0] and a.augment
+    assert a.lr == 0.05 and a.lr_milestones == [150.0, 225.0] and a.augment
     a = p.parse_args(["--lr", "0.1"])
-    a.lr_decay_epochs, a.lr_decay = [2.0, 3.0], 0.1
+    a.lr_milestones, a.lr_decay = [2.0, 3.0], 0.1
     assert [pcasgd.lr_at(t, a, 10) for t in (0, 19, 20, 29, 30, 99)] == pytest.approx(
         [0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
 
