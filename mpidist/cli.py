@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 
 from mpi4py import MPI
@@ -30,13 +31,34 @@ class ArgumentParser(argparse.ArgumentParser):
     """argparse that raises UsageError instead of printing on every rank and exiting, and prints
     ``--help`` on rank 0 only."""
 
+    def parse_known_args(self, args=None, namespace=None):
+        self._argv = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
     def error(self, message):
-        raise UsageError(message)
+        raise UsageError(self._typed_spelling(message))
+
+    def _typed_spelling(self, message: str) -> str:
+        """argparse names a flag by all its spellings (``argument --lr-milestones/--lr-decay-epochs:
+        ...``); name the one the user typed (``argument --lr-decay-epochs: ...``)."""
+        m = re.match(r"argument ([^ :]+/[^ :]+): ", message)
+        if m:
+            typed = [f for f in m.group(1).split("/")
+                     if any(a == f or a.startswith(f + "=") for a in getattr(self, "_argv", []))]
+            if typed:
+                message = f"argument {typed[0]}: " + message[m.end():]
+        return message
 
     def exit(self, status=0, message=None):
         if message:
             raise UsageError(message.strip())
         raise SystemExit(status)
+
+    def format_help(self):
+        """The algorithm's own flags first, the run flags every algorithm shares last."""
+        shared = [g for g in self._action_groups if g.title and g.title.startswith("run (")]
+        self._action_groups = [g for g in self._action_groups if g not in shared] + shared
+        return super().format_help()
 
     def print_help(self, file=None):
         if MPI.COMM_WORLD.Get_rank() == 0:
@@ -159,6 +181,7 @@ def about(what: str, paper: str, readme: str) -> str:
 def parser(algorithm: str, description: str) -> ArgumentParser:
     """An argument parser with the flags every entry point shares (group "run")."""
     p = ArgumentParser(prog=f"python -m mpidist.{algorithm}", description=description,
+                       usage=f"mpirun -n N python -m mpidist.{algorithm} [flags]  (flags below)",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("run (shared by every mpidist algorithm)")
     g.add_argument("--seed", type=nonneg_int, default=0,
@@ -201,19 +224,29 @@ def parser(algorithm: str, description: str) -> ArgumentParser:
 
 
 def training(p: ArgumentParser, title: str, default_steps: int | None = None,
-             unit: str = "steps", eval_default: str = "ten times per run") -> argparse._ArgumentGroup:
+             unit: str = "steps", eval_default: str = "ten times per run", positive: bool = False,
+             epochs: bool = True, eval_every: int = 0, eval_positive: bool = False,
+             steps_help: str | None = None, eval_help: str | None = None) -> argparse._ArgumentGroup:
     """The algorithm's group, with the run length (``--steps`` / ``--epochs``) and the evaluation
-    cadence (``--eval-every``). ``unit`` names a step in the paper's words (iterations, ...)."""
+    cadence (``--eval-every``). ``unit`` names a step in the paper's words (iterations, ...);
+    ``positive``: 0 steps or epochs are refused; ``eval_positive``: 0 for ``--eval-every`` too;
+    ``epochs=False``: the algorithm counts steps only (``--epochs`` is not offered);
+    ``eval_every``: the default of ``--eval-every`` (0: ``eval_default`` says what happens)."""
     g = p.add_argument_group(title)
+    count, amount = (positive_int, positive_float) if positive else (nonneg_int, nonneg_float)
     dflt = f"default {default_steps}" if default_steps else "default: see --epochs"
-    g.add_argument("--steps", "-I", "--iterations", dest="steps", type=nonneg_int, default=None,
-                   metavar="T", help=f"number of {unit} ({dflt}, or from --epochs)")
-    g.add_argument("--epochs", type=nonneg_float, default=None,
-                   help="train this many passes over the data instead of --steps")
-    g.add_argument("--eval-every", "--score-every", dest="eval_every", type=nonneg_int,
-                   default=0, metavar="STEPS",
-                   help=f"evaluate every this many {unit} (default 0: {eval_default}; always at "
-                        "the end)")
+    g.add_argument("--steps", "-I", "--iterations", dest="steps", type=count,
+                   default=None if epochs else default_steps, metavar="T",
+                   help=steps_help or f"number of {unit} ({dflt}"
+                                      + (", or from --epochs)" if epochs else ")"))
+    if epochs:
+        g.add_argument("--epochs", type=amount, default=None,
+                       help="train this many passes over the data instead of --steps")
+    g.add_argument("--eval-every", "--score-every", dest="eval_every",
+                   type=positive_int if eval_positive else nonneg_int,
+                   default=eval_every, metavar="STEPS",
+                   help=eval_help or f"evaluate every this many {unit} (default "
+                                     f"{eval_every or '0: ' + eval_default}; always at the end)")
     return g
 
 
@@ -275,10 +308,12 @@ def given(argv, *flags: str) -> bool:
     return any(a in flags or a.split("=", 1)[0] in flags for a in argv)
 
 
-def data_flags(p: ArgumentParser, default_size: int | None = None) -> None:
-    """The data group (``--data``, ``--data-root``, ``--download``, ``--image-size``)."""
+def data_flags(p: ArgumentParser, default_size: int | None = None, dataset: bool = True,
+               root_help: str | None = None, size_help: str | None = None) -> None:
+    """The data group (``--data``, ``--data-root``, ``--download``, ``--image-size``);
+    ``dataset=False`` for an algorithm that chooses its data otherwise (DADA's ``--task``)."""
     from . import data
-    data.add_arguments(p, default_size)
+    data.add_arguments(p, default_size, dataset=dataset, root_help=root_help, size_help=size_help)
 
 
 def loss_flag(g, default: str = "cross_entropy") -> None:

@@ -293,18 +293,22 @@ def image_size(s: str) -> int:
     return v
 
 
-def add_arguments(p, default_size: int | None = None) -> None:
-    """The data flags every entry point shares (group "data")."""
+def add_arguments(p, default_size: int | None = None, dataset: bool = True,
+                  root_help: str | None = None, size_help: str | None = None) -> None:
+    """The data flags every entry point shares (group "data"); ``dataset=False`` leaves out
+    ``--data`` (an algorithm that chooses its data otherwise)."""
     g = p.add_argument_group("data")
-    g.add_argument("--data", default="digits", type=dataset_name, metavar="NAME|MODULE:FUNCTION",
-                   help=f"dataset: {', '.join(DATASETS)} (default digits: the embedded UCI "
-                        "handwritten digits, no network), or your own: FUNCTION(root) -> (train, "
-                        "test[, num_classes]) of torch Datasets of (input, label)")
+    if dataset:
+        g.add_argument("--data", default="digits", type=dataset_name,
+                       metavar="NAME|MODULE:FUNCTION",
+                       help=f"dataset: {', '.join(DATASETS)} (default digits: the embedded UCI "
+                            "handwritten digits, no network), or your own: FUNCTION(root) -> "
+                            "(train, test[, num_classes]) of torch Datasets of (input, label)")
     g.add_argument("--data-root", default=None,
-                   help="folder holding the dataset's files in torchvision's layout (passed as "
-                        "root to your own FUNCTION)")
+                   help=root_help or "folder holding the dataset's files in torchvision's layout "
+                                     "(passed as root to your own FUNCTION)")
     g.add_argument("--download", action="store_true",
                    help="let torchvision download a missing dataset into --data-root (needs a network)")
     g.add_argument("--image-size", type=image_size, default=default_size,
-                   help="resize images to this many pixels a side (default: the dataset's own; "
-                        "digits 16)")
+                   help=size_help or "resize images to this many pixels a side (default: the "
+                                     "dataset's own; digits 16)")

@@ -57,7 +57,7 @@ def test_bad_input_one_line_on_rank0_and_exit_2(tmp_path, argv, message):
 
 def test_help_on_rank0_only():
     out = check(run_mpi(2, [TOY, "--help"], 60))
-    assert out.count("usage: python -m mpidist.toy") == 1 and "--link-latency" in out
+    assert out.count("usage: mpirun -n N python -m mpidist.toy") == 1 and "--link-latency" in out
 
 
 def test_raising_rank_ends_the_job_and_traces_stay_readable(tmp_path):

@@ -36,3 +36,7 @@ def count_parameters(m: nn.Module) -> int:
 from . import cifar, small  # noqa: E402,F401  (they register their models)
 from . import adda  # noqa: E402,F401  (DADA: ADDA extractor, classifier, discriminator)
 from . import gan  # noqa: E402,F401  (MD-GAN: generators and discriminators)
+
+#: the zoo's classifiers (small.py, cifar.py): what a classification algorithm's --model offers
+CLASSIFIERS = sorted(name for name, build in MODELS.items()
+                     if build.__module__ in (small.__name__, cifar.__name__))

@@ -6,7 +6,6 @@ import argparse
 
 from .. import cli, models, runtime, topology
 from ..algorithms import get
-from ..errors import UsageError
 from .rules import CRITERIA, VARIANTS, get_variant
 from .train import DEFAULT_STEPS, train
 
@@ -31,9 +30,7 @@ PRESETS = {
                               lr_milestones=[150.0, 225.0], augment=True),
 }
 
-#: the zoo's classifiers (mpidist/models/small.py and cifar.py): what ``--model`` offers
-CLASSIFIERS = sorted(name for name, build in models.MODELS.items()
-                     if build.__module__ in (models.small.__name__, models.cifar.__name__))
+CLASSIFIERS = models.CLASSIFIERS  # what --model offers
 
 #: what a --resume may change besides the run flags: when to stop and how often to evaluate
 RESUME_MAY_CHANGE = frozenset({"steps", "epochs", "eval_every", "show_topology"})
@@ -48,21 +45,6 @@ def _lam(s: str) -> float:
     return v
 
 
-def _milestones(s) -> list[float]:
-    """:func:`mpidist.cli.epoch_list`, its errors naming the flag with both spellings and the
-    value (``--lr-milestones/--lr-decay-epochs -5: ...``), as this module always said them."""
-    try:
-        return cli.epoch_list(s)
-    except argparse.ArgumentTypeError as e:
-        raise UsageError(f"--lr-milestones/--lr-decay-epochs {s}: {e}") from None
-
-
-def _retype(p: argparse.ArgumentParser, flag: str, kind) -> None:
-    """Give a shared flag a stricter value type: PC-ASGD needs T >= 1 steps (a positive --steps or
-    --epochs), where the shared vocabulary allows 0."""
-    p._option_string_actions[flag].type = kind
-
-
 def build_parser() -> cli.ArgumentParser:
     p = cli.parser("pcasgd", cli.about(
         "PC-ASGD: agents on a graph split into reliable clusters; a neighbour in another cluster\n"
@@ -71,9 +53,7 @@ def build_parser() -> cli.ArgumentParser:
         "it out (clipping step), taking the update better aligned with -gradient (Eq. 12).",
         get("pcasgd").paper, README))
     g = cli.training(p, "PC-ASGD (Algorithm 1, Eq. 2, Eq. 12)", default_steps=DEFAULT_STEPS,
-                     unit="iterations t")
-    _retype(p, "--steps", cli.positive_int)
-    _retype(p, "--epochs", cli.positive_float)
+                     unit="iterations t", positive=True)
     g.add_argument("--variant", choices=list(VARIANTS), default="pc",
                    help="pc: PC-ASGD, theta_t by the criterion of Eq. 12; p: P-ASGD (theta = 1, "
                         "predicting only); c: C-ASGD (theta = 0, clipping only); dasgd: the "
@@ -93,7 +73,6 @@ def build_parser() -> cli.ArgumentParser:
                    help="lambda of Eq. 2, the scale of the Hessian estimate lambda g (.) g, in "
                         "(0, 1] (default 0.5)")
     cli.lr_flags(g, default=0.1, what="eta, the learning rate of lines 6-7")
-    _retype(p, "--lr-milestones", _milestones)
     g.add_argument("--momentum", type=cli.nonneg_float, default=0.0,
                    help="heavy-ball momentum on the local gradient term of lines 6-7; not part of "
                         "Algorithm 1 (default 0 = the paper's update)")

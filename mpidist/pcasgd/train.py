@@ -17,9 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import checkpoint, cli, data, models, topology
+from .. import checkpoint, cli, data, task, topology
 from ..comm import FlatParams
-from ..errors import UsageError
 from ..loop import Loop
 from ..metrics import evaluate
 from .agent import Agent
@@ -63,15 +62,6 @@ def lr_at(t: int, args, steps_per_epoch: int) -> float:
     return cli.lr_at(t / steps_per_epoch, args.lr, args.lr_milestones, args.lr_decay)
 
 
-def build_model(a, in_shape, num_classes: int) -> torch.nn.Module:
-    """``--model`` with its ``--model-arg`` keywords; a keyword the builder refuses is one line."""
-    try:
-        return models.build(a.model, in_shape, num_classes, **dict(a.model_arg))
-    except (TypeError, ValueError, RuntimeError) as e:  # an unknown or impossible keyword
-        flags = " ".join([f"--model {a.model}"] + [f"--model-arg {k}={v}" for k, v in a.model_arg])
-        raise UsageError(f"{flags}: cannot build it ({e})") from None
-
-
 def train(run) -> None:
     a, comm, rank, n, dev = run.args, run.comm, run.rank, run.world_size, run.device
     clusters = None if a.clusters is None else topology.parse_clusters(a.clusters)
@@ -90,7 +80,7 @@ def train(run) -> None:
     eval_every = a.eval_every or max(1, steps // 10)
     test_x, test_y = test_ds.x.to(dev), test_ds.y.to(dev)
 
-    model = build_model(a, train_ds.shape, train_ds.num_classes).to(dev)
+    model = task.build_model(a, train_ds.shape, train_ds.num_classes).to(dev)
     fp = FlatParams(model)
     saved, first = run.resumed_state, run.start_step
     chosen = [0.0, 0]  # sum and count of theta_t after the first tau steps (the summary's share)
