@@ -57,6 +57,12 @@ ALGORITHMS = {a.name: a for a in (
               "MD-GAN: Multi-Discriminator Generative Adversarial Networks for Distributed "
               "Datasets, C. Hardy, E. Le Merrer, B. Sericola", 5,
               ("mdgan", "flgan", "standalone"), "--mode"),
+    Algorithm("dpsgd", "D-PSGD",
+              "workers on a graph: each averages its neighbours' models while it computes its "
+              "own gradient",
+              "Can Decentralized Algorithms Outperform Centralized Algorithms? A Case Study for "
+              "Decentralized Parallel Stochastic Gradient Descent, X. Lian, C. Zhang, H. Zhang, "
+              "C.-J. Hsieh, W. Zhang, J. Liu", 8),
 )}
 
 
