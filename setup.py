@@ -1,15 +1,15 @@
-"""mpidist: DADA, PC-ASGD, MD-GAN and AdaComm on MPI, with every message traced to HDF5."""
+"""mpidist: PC-ASGD, AdaComm, DADA, MD-GAN and D-PSGD on MPI, with every message traced to HDF5."""
 from setuptools import find_packages, setup
 
 setup(
     name="mpidist",
     version="0.1.0",
-    description="Four distributed deep-learning algorithms on nonblocking MPI, traced to HDF5",
+    description="Distributed deep-learning algorithms on nonblocking MPI, traced to HDF5",
     long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["mpidist", "mpidist.*"]),
-    package_data={"mpidist": ["datasets/*.csv.gz", "datasets/README.md"]},
+    package_data={"mpidist": ["datasets/*.csv.gz", "datasets/README.md", "README.md", "*/README.md"]},
     install_requires=[
         "mpi4py>=4.0",
         "numpy>=1.24",
