@@ -20,10 +20,11 @@ import time
 import pytest
 
 from mpidist import trace
+from mpidist.algorithms import ALGORITHMS as REGISTRY
 from mpirun import REPO
 
 JOBS = os.path.join(REPO, "jobs")
-ALGORITHMS = ["pcasgd", "adacomm", "dada", "mdgan"]
+ALGORITHMS = list(REGISTRY)  # every algorithm has a template
 # tiny settings: (ranks, arguments, environment)
 TINY = {
     "pcasgd": (4, ["--steps", "6", "--clusters", "2,2"], {}),
@@ -31,7 +32,9 @@ TINY = {
     "dada": (2, ["--steps", "2", "--pretrain-steps", "2", "--eval-every", "2", "--sync-period", "2"],
              {"MPIDIST_LAUNCHER": "mpirun"}),   # the documented alternative to srun
     "mdgan": (3, ["-I", "3"], {}),
+    "dpsgd": (4, ["--steps", "6"], {}),
 }
+assert set(TINY) == set(ALGORITHMS), "give every registered algorithm tiny settings here"
 REQUEUE_STEPS = 150
 TIMELIMIT_STEPS = 2400  # 0.05 s each: more than the one-minute limit of the first attempt
 WAIT_S = 540
