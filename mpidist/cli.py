@@ -111,7 +111,7 @@ def unit_float(s: str) -> float:
 def key_value(s: str) -> tuple[str, object]:
     """``KEY=VALUE`` of ``--model-arg``; VALUE becomes an int or float where it reads as one."""
     if "=" not in s:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got '{s}'")
+        raise argparse.ArgumentTypeError(f"expected key=value, got '{s}'")
     k, v = s.split("=", 1)
     for cast in (int, float):
         try:

@@ -23,6 +23,7 @@ every rank saves the same step.
 """
 from __future__ import annotations
 
+import itertools
 import signal
 import time
 
@@ -98,22 +99,28 @@ class Progress:
 class Loop:
     """The steps of one run and the agreement at its meeting points.
 
-    ``total``: how many steps the run has; ``first_step``: the index of its first step (0, or 1
-    where the paper counts from 1); a resumed run starts after its checkpoint's step
-    (``run.start_step``). ``meet_every``: the ranks meet after every this many steps (0: only where
-    the algorithm calls :meth:`agree`). ``state(step)`` returns the algorithm's state to checkpoint.
-    ``unit``: what a step is called in the progress line.
+    ``total``: how many steps the run has (None: open-ended, the algorithm ends it, e.g. by a time
+    budget); ``first_step``: the index of its first step (0, or 1 where the paper counts from 1);
+    a resumed run starts after its checkpoint's step (``run.start_step``). ``meet_every``: the
+    ranks meet after every this many steps (0: only where the algorithm calls :meth:`agree`; a
+    ``--checkpoint-every`` checkpoint that came due is then saved at the next such agreement).
+    ``state(step)`` returns the algorithm's state to checkpoint. ``save_last=False``: no
+    checkpoint after the last step (where the run could not be continued from it). ``unit``: what a
+    step is called in the progress line.
     """
 
-    def __init__(self, run, total: int, first_step: int = 0, meet_every: int = 1, state=None,
-                 unit: str = "step"):
+    def __init__(self, run, total: int | None, first_step: int = 0, meet_every: int = 1,
+                 state=None, unit: str = "step", save_last: bool = True):
         self.run, self.total, self.base = run, total, first_step
         self.meet_every, self.state, self.unit = meet_every, state, unit
+        self.save_last = save_last
         self.first = max(first_step, run.start_step)
         self.last_saved = self.done(self.first - 1)   # completed steps at the last checkpoint
         self.stopped = False
 
     def __iter__(self):
+        if self.total is None:
+            return itertools.count(self.first)
         return iter(range(self.first, self.base + self.total))
 
     def done(self, step: int) -> int:
@@ -121,13 +128,18 @@ class Loop:
         return step - self.base + 1
 
     def is_last(self, step: int) -> bool:
-        return self.done(step) >= self.total
+        return self.total is not None and self.done(step) >= self.total
+
+    def _due(self, step: int) -> bool:
+        return ((self.save_last or not self.is_last(step))
+                and checkpoint_due(self.run.args.checkpoint_every, self.done(step), self.last_saved))
 
     def meets(self, step: int) -> bool:
         """Whether the ranks meet after ``step`` (a meeting point, or a checkpoint due)."""
-        done = self.done(step)
-        return ((self.meet_every and done % self.meet_every == 0 and not self.is_last(step))
-                or checkpoint_due(self.run.args.checkpoint_every, done, self.last_saved))
+        if not self.meet_every:
+            return False
+        return ((self.done(step) % self.meet_every == 0 and not self.is_last(step))
+                or self._due(step))
 
     def end_step(self, step: int, force: bool = False, **shown) -> bool:
         """After the algorithm's ``step``: progress on rank 0, the trace's step and flush
@@ -151,8 +163,7 @@ class Loop:
             code = run.comm.allreduce_scalar(run.stop_code(), "max", "control")
         timed, stop = decode_stop(code)
         stop = stop and not self.is_last(step)
-        if timed or stop or checkpoint_due(run.args.checkpoint_every, self.done(step),
-                                           self.last_saved):
+        if timed or stop or self._due(step):
             run.save_checkpoint(step, state if state is not None else self.state(step))
             self.last_saved = self.done(step)
         if stop:

@@ -22,7 +22,7 @@ def build_model(args, in_shape, num_classes: int) -> torch.nn.Module:
     kw = dict(getattr(args, "model_arg", None) or [])
     try:
         return models.build(args.model, in_shape, num_classes, **kw)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, RuntimeError) as e:  # a keyword the builder refuses
         flags = " ".join([f"--model {args.model}"] + [f"--model-arg {k}={v}" for k, v in kw.items()])
         raise UsageError(f"{flags}: cannot build it ({e})") from None
 
