@@ -1,0 +1,75 @@
+"""What every test shares: launching multi-rank programs, and a hermetic environment.
+
+- ``run_mpi(n, args, timeout)`` runs ``mpiexec -n n python <args>`` with a timeout, so that a
+  deadlock fails the test with what was printed instead of hanging; ``check(proc)`` asserts the
+  exit status and shows the output when it fails. Multi-rank launches are expensive on 2 cores
+  (each rank imports torch): batch checks into few launches. (Test files import them from
+  ``mpirun``, which re-exports them.)
+- Hermetic: every launch and every in-process test sees ``MPIDIST_CACHE`` in a temporary folder of
+  the session (MD-GAN's scoring classifier is cached there, never in ~/.cache), and
+  ``tests/user_modules`` (a user's own model and data, outside the package) on ``PYTHONPATH``.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+BIN = os.path.dirname(sys.executable)
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+USER_MODULES = os.path.join(REPO, "tests", "user_modules")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _hermetic(tmp_path_factory):
+    """The session's own scorer cache and the user modules' folder, for every test and launch."""
+    saved = {k: os.environ.get(k) for k in ("MPIDIST_CACHE", "PYTHONPATH")}
+    os.environ["MPIDIST_CACHE"] = str(tmp_path_factory.mktemp("mpidist-cache"))
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (USER_MODULES, saved["PYTHONPATH"]) if p)
+    yield
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def mpiexec() -> str:
+    exe = os.path.join(BIN, "mpiexec")
+    if os.path.exists(exe):
+        return exe
+    from shutil import which
+    exe = which("mpiexec") or which("mpirun")
+    if exe is None:
+        pytest.skip("no mpiexec in the environment (pip install -e '.[mpich]')")
+    return exe
+
+
+def run_mpi(n: int, args: list[str], timeout: float = 120, env: dict | None = None,
+            cwd: str | None = None) -> subprocess.CompletedProcess:
+    """Run ``mpiexec -n n python <args>``; on timeout fail the test with what was printed."""
+    e = dict(os.environ)
+    e.setdefault("PYTHONUNBUFFERED", "1")
+    e.setdefault("OMP_NUM_THREADS", "1")
+    e.update(env or {})
+    cmd = [mpiexec(), "-n", str(n), sys.executable, *args]
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=e,
+                              cwd=cwd or REPO)
+    except subprocess.TimeoutExpired as t:
+        out = (t.stdout or b"").decode(errors="replace") if isinstance(t.stdout, bytes) else (t.stdout or "")
+        err = (t.stderr or b"").decode(errors="replace") if isinstance(t.stderr, bytes) else (t.stderr or "")
+        pytest.fail(f"mpiexec -n {n} {' '.join(args)} did not finish in {timeout} s "
+                    f"(deadlock?)\n--- stdout\n{out[-3000:]}\n--- stderr\n{err[-3000:]}")
+
+
+def check(proc: subprocess.CompletedProcess, code: int = 0) -> str:
+    """Assert the exit status; return stdout. The output is shown when it fails."""
+    assert proc.returncode == code, (f"exit {proc.returncode}, expected {code}\n--- stdout\n"
+                                     f"{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}")
+    return proc.stdout
