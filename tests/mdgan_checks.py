@@ -264,9 +264,10 @@ def compare_resumed(full_dir, resumed_dir, metrics_per_rank, every_once) -> tupl
 
 def check_resume_mdgan() -> None:
     """MD-GAN, N = 3, k = 2, b = 64 (a swap every 7 iterations), a crash at iteration 9,
-    --checkpoint-every 4: a SIGUSR1 to the crashed worker after iteration 10 is agreed at the
+    --checkpoint-every 4: a SIGUSR1 to the crashed worker after iteration 11 is agreed at the
     checkpoint of iteration 12, every rank saves and the job stops; resumed, it ends as the
-    uninterrupted run."""
+    uninterrupted run. (The shared loop agrees right after step_done: a signal sent from
+    step_done(10) would be agreed at the meeting point of iteration 10.)"""
     from mpi4py import MPI
     rank = MPI.COMM_WORLD.Get_rank()
     I, every = 16, 9
@@ -278,7 +279,7 @@ def check_resume_mdgan() -> None:
     common = argv()
     full, part = os.path.join(OUT, "ck_full"), os.path.join(OUT, "ck_part")
     mdgan.main(common + ["--trace-dir", full])
-    with signal_after(10, crashed):
+    with signal_after(11, crashed):
         mdgan.main(common + ["--trace-dir", part])
     if rank == 0:
         t = trace.read_run(part)
@@ -287,7 +288,7 @@ def check_resume_mdgan() -> None:
         ok = (status == {"stopped by signal"} and ck == ["step-000000008", "step-000000012"]
               and t.ranks[0].metric("live_workers")[0].max() == 12)
         report(0, "mdgan_signal_stops_at_a_checkpoint", ok,
-               f"SIGUSR1 on crashed worker {crashed} after it. 10: status {status}, "
+               f"SIGUSR1 on crashed worker {crashed} after it. 11: status {status}, "
                f"checkpoints {ck}")
     MPI.COMM_WORLD.Barrier()  # rank 0 has read the files before the resumed run reopens them
     mdgan.main(common + ["--trace-dir", part, "--resume", part])
@@ -324,15 +325,17 @@ def check_resume_mdgan() -> None:
 
 def check_resume_flgan() -> None:
     """FL-GAN, rounds ending at iterations 14, 28, 40, --checkpoint-every 10 (so at every round
-    end): a SIGUSR1 to worker 2 after round 1 is agreed at the end of round 2; resumed, the run
-    ends as the uninterrupted one."""
+    end): a SIGUSR1 to worker 2 after the first iteration of round 2 (iteration 15) is agreed at
+    the end of round 2; resumed, the run ends as the uninterrupted one. (The shared loop agrees
+    right after step_done: a signal sent from step_done(14) would be agreed at the end of round
+    1.)"""
     from mpi4py import MPI
     rank = MPI.COMM_WORLD.Get_rank()
     common = ["--mode", "flgan", "-I", "40", "-b", str(B), "--score-every", "14",
               "--checkpoint-every", "10", "--quiet"]
     full, part = os.path.join(OUT, "fl_full"), os.path.join(OUT, "fl_part")
     mdgan.main(common + ["--trace-dir", full])
-    with signal_after(14, 2):
+    with signal_after(15, 2):
         mdgan.main(common + ["--trace-dir", part])
     stopped = None
     if rank == 0:

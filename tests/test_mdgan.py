@@ -303,49 +303,64 @@ def _args(*argv):
     return mdgan.build_parser().parse_args(list(argv))
 
 
-def test_run_config_resolves_k_and_the_crash_period():
-    c = mdgan.run_config(_args("-k", "log2", "-I", "100", "--crash-every"), world=5)
-    assert c["k"] == 2 and c["crash_every"] == 25 and c["mode"] == "mdgan"  # floor(log2 4), I/N
-    assert mdgan.run_config(_args("-k", "2"), 5)["crash_every"] is None
-    assert mdgan.run_config(_args("--mode", "flgan", "-k", "3"), 5)["k"] == 1  # no k in FL-GAN
-    assert mdgan.run_config(_args("--mode", "standalone"), 1)["k"] == 1
+def _resolved(*argv, world):
+    """The arguments as a run uses them: parsed, then checked and resolved by check_world."""
+    a = _args(*argv)
+    assert mdgan.check_world(a, world) is None
+    return a
 
 
-def test_config_mismatch_allows_only_iterations_and_run_flags():
-    base = mdgan.run_config(_args("-k", "2", "-I", "40", "--crash-every", "10"), 4)
-    same = mdgan.run_config(_args("-k", "2", "-I", "400", "--crash-every", "10", "--score-every",
-                                  "7", "--checkpoint-every", "5", "--seed", "0"), 4)
-    assert mdgan.config_mismatch(base, same) is None
-    msg = mdgan.config_mismatch(base, mdgan.run_config(_args("-k", "1", "-I", "40",
-                                                             "--crash-every", "10"), 4))
+def _changes(saved: dict, now) -> str | None:
+    """What the runtime refuses when ``now`` resumes a checkpoint saved with ``saved``."""
+    return checkpoint.resume_mismatch(saved, vars(now), mdgan.RESUME_MAY_CHANGE)
+
+
+def test_check_world_resolves_k_and_the_crash_period():
+    c = _resolved("-k", "log2", "-I", "100", "--crash-every", world=5)
+    assert c.k == 2 and c.crash_every == 25 and c.mode == "mdgan"  # floor(log2 4), I/N
+    assert _resolved("-k", "2", world=5).crash_every is None
+    assert _resolved("--mode", "flgan", "-k", "3", world=5).k == 1  # no k in FL-GAN
+    assert _resolved("--mode", "standalone", world=1).k == 1
+
+
+def test_resume_allows_only_iterations_scores_and_run_flags():
+    base = vars(_resolved("-k", "2", "-I", "40", "--crash-every", "10", world=4))
+    same = _resolved("-k", "2", "-I", "400", "--crash-every", "10", "--score-every", "7",
+                     "--checkpoint-every", "5", "--seed", "0", world=4)
+    assert _changes(base, same) is None
+    msg = _changes(base, _resolved("-k", "1", "-I", "40", "--crash-every", "10", world=4))
     assert msg is not None and "-k 2 -> 1" in msg and "\n" not in msg
-    msg = mdgan.config_mismatch(base, mdgan.run_config(_args("--mode", "flgan", "-I", "40"), 4))
-    assert "--mode mdgan -> flgan" in msg and "--crash-every (T) 10 -> None" in msg
+    msg = _changes(base, _resolved("--mode", "flgan", "-I", "40", world=4))
+    assert "--mode 'mdgan' -> 'flgan'" in msg and "--crash-every 10 -> None" in msg
     # T = I / N without a value: another -I is another crash schedule, refused
-    a = mdgan.run_config(_args("-I", "60", "--crash-every"), 4)
-    b = mdgan.run_config(_args("-I", "90", "--crash-every"), 4)
-    assert "--crash-every (T) 20 -> 30" in mdgan.config_mismatch(a, b)
+    a = vars(_resolved("-I", "60", "--crash-every", world=4))
+    b = _resolved("-I", "90", "--crash-every", world=4)
+    assert "--crash-every 20 -> 30" in _changes(a, b)
     for flag, val in (("-b", "16"), ("--lr-g", "0.01"), ("--seed", "3"), ("--arch", "mlp"),
                       ("-E", "2"), ("--gan", "plain")):
-        other = mdgan.run_config(_args("-k", "2", "-I", "40", "--crash-every", "10", flag, val), 4)
-        assert mdgan.config_mismatch(base, other) is not None, flag
+        other = _resolved("-k", "2", "-I", "40", "--crash-every", "10", flag, val, world=4)
+        assert _changes(base, other) is not None, flag
 
 
-def test_resume_mismatch_reads_the_checkpoint(tmp_path):
-    """--resume is checked against the settings saved in the checkpoint before anything starts;
-    a missing or corrupt checkpoint is left to the runtime's own message."""
+def test_resume_is_checked_against_the_checkpoint(tmp_path):
+    """--resume is checked against the flags saved in the checkpoint (the runtime reads them
+    before anything starts) and refused past -I (mdgan.past_end, before the first row); a missing
+    checkpoint or one of another world size is left to the runtime's own message."""
     root = str(tmp_path / "checkpoints")
-    saved = mdgan.run_config(_args("-k", "2", "-I", "40"), 4)
+    saved = vars(_resolved("-k", "2", "-I", "40", world=4))
     for r in range(4):
-        checkpoint.save_rank(root, 20, r, {"algorithm": {"config": saved}, "step": 20, "t": 1.0,
+        checkpoint.save_rank(root, 20, r, {"algorithm": {}, "step": 20, "t": 1.0, "args": saved,
                                            "rng": dict.fromkeys(checkpoint.RNG_KEYS)})
     checkpoint.complete(root, 20, "mdgan", 4)
-    ok = _args("-k", "2", "-I", "60", "--resume", str(tmp_path))
-    assert mdgan.check_world(ok, 4) is None
-    msg = mdgan.check_world(_args("-k", "3", "-I", "60", "--resume", str(tmp_path)), 4)
-    assert msg.startswith("--resume ") and "-k 2 -> 3" in msg
-    msg = mdgan.check_world(_args("-k", "2", "-I", "10", "--resume", str(tmp_path)), 4)
-    assert "checkpoint is of iteration 20, past -I 10" in msg
+    d, manifest = checkpoint.find(str(tmp_path), "mdgan", 4)
+    on_disk, first = checkpoint.load_rank(d, 0)["args"], manifest["step"] + 1
+    ok = _resolved("-k", "2", "-I", "60", "--resume", str(tmp_path), world=4)
+    assert _changes(on_disk, ok) is None and mdgan.past_end(ok, first) is None
+    msg = _changes(on_disk, _resolved("-k", "3", "-I", "60", "--resume", str(tmp_path), world=4))
+    assert "-k 2 -> 3" in msg
+    msg = mdgan.past_end(_resolved("-k", "2", "-I", "10", "--resume", str(tmp_path), world=4),
+                         first)
+    assert msg.startswith("--resume ") and "checkpoint is of iteration 20, past -I 10" in msg
     # another world size, or nothing there: the runtime says so itself
     assert mdgan.check_world(_args("-k", "2", "--resume", str(tmp_path)), 3) is None
     assert mdgan.check_world(_args("--resume", str(tmp_path / "none")), 4) is None

@@ -90,7 +90,8 @@ def read(run_dir) -> dict:
         s, tt, v = r0.metric(name)
         out[name] = (s.astype(int).tolist(), v.tolist(), tt.tolist())
     c = t.comm
-    iters = int(t.attrs["args"]["iterations"])
+    args = t.attrs["args"]
+    iters = int(args.get("steps", args.get("iterations", 0)))  # -I ("iterations" in older traces)
     sent = c[(c["op"] == b"send")]
     by_channel = {}
     for ch in set(sent["channel"].tolist()):
