@@ -20,22 +20,22 @@ run() {  # run NAME NRANKS MODULE ARGS...
 
 if [ "${FIGURES_ONLY:-0}" != 1 ]; then
 rm -rf "${RUNS:?}"/*
-# PC-ASGD variants (paper 001): 4 agents in 2 reliable clusters, delay tau = 4, a 2 ms link
+# PC-ASGD variants: 4 agents in 2 reliable clusters, delay tau = 4, a 2 ms link
 for v in pc p c dasgd; do
     run "pcasgd-$v" 4 mpidist.pcasgd --variant "$v" --clusters 2,2 --delay 4 --steps 60 \
         --eval-every 20 --link-latency 0.002 --link-bandwidth 1e8
 done
-# AdaComm against fully synchronous SGD and fixed-period PASGD (paper 003), on a slow link
+# AdaComm against fully synchronous SGD and fixed-period PASGD, on a slow link
 for m in sync pasgd adacomm; do
     run "adacomm-$m" 2 mpidist.adacomm --method "$m" --time-budget 12 --interval 4 \
         --link-latency 0.01 --link-bandwidth 2e7
 done
-# DADA's Gradient Accumulation with sync-up period p (paper 000): 1 source + 2 targets
+# DADA's Gradient Accumulation with sync-up period p: 1 source + 2 targets
 for p in 1 2 4 8; do
     run "dada-p$p" 3 mpidist.dada --strategy ga --sync-period "$p" --steps 8 --pretrain-steps 20 \
         --eval-every 8
 done
-# MD-GAN (paper 002): server + 3 workers
+# MD-GAN: server + 3 workers
 run mdgan 4 mpidist.mdgan -I 20
 fi
 
