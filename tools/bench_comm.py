@@ -2,7 +2,7 @@
 
 Run on 2 ranks::
 
-    .venv/bin/mpiexec -n 2 .venv/bin/python tools/bench_comm.py [--quick] [--csv out.csv]
+    mpirun -n 2 python tools/bench_comm.py [--quick] [--csv out.csv]
 
 Point to point: a ping-pong of float32 tensors from 1 KiB to 64 MiB; the one-way time is half the
 round trip (median of the repetitions) and the bandwidth is bytes / one-way time. The ways take

@@ -2,9 +2,9 @@
 standalone GAN on the same data, scored against iterations (the paper's Figure 2), and MD-GAN with
 a worker crash every I/N iterations (Figure 3).
 
-    .venv/bin/python tools/experiment_mdgan.py                       # digits, N = 4, seeds 0,1
-    .venv/bin/python tools/experiment_mdgan.py --iterations 3000 --seeds 0,1,2
-    .venv/bin/python tools/experiment_mdgan.py --mnist-root ~/data  # + MNIST, MLP networks
+    python tools/experiment_mdgan.py                       # digits, N = 4, seeds 0,1
+    python tools/experiment_mdgan.py --iterations 3000 --seeds 0,1,2
+    python tools/experiment_mdgan.py --mnist-root ~/data  # + MNIST, MLP networks
 
 Every configuration and seed is one ``mpiexec -n <ranks> python -m mpidist.mdgan ... --seed S
 --trace-dir <runs>/<data>/<label>-s<S>`` (a finished run found there is reused, so an interrupted

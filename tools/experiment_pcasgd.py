@@ -1,8 +1,8 @@
 """Experiment (not a timed test): PC-ASGD, P-ASGD, C-ASGD and the D-ASGD baseline with tau = 20 on
 the paper's distributed network 1 in miniature, over several seeds, as the paper's Table 2.
 
-    .venv/bin/python tools/experiment_pcasgd.py                       # 4 variants x 5 seeds
-    .venv/bin/python tools/experiment_pcasgd.py --seeds 0,1 --variants pc,dasgd --extra "--lam 1"
+    python tools/experiment_pcasgd.py                       # 4 variants x 5 seeds
+    python tools/experiment_pcasgd.py --seeds 0,1 --variants pc,dasgd --extra "--lam 1"
 
 For every variant and seed it runs ``mpiexec -n 8 python -m mpidist.pcasgd --variant V --seed S
 --delay 20 --quiet --trace-dir <runs>/<label>-s<S>`` (a finished run found there is reused, so an
