@@ -102,6 +102,11 @@ class Agent:
         every send."""
         self.exchange.stop_early()
 
+    def settle(self, c: int) -> None:
+        """End the exchange after step c when the plan went further (:meth:`Exchange.settle`):
+        nothing is left in flight."""
+        self.exchange.settle(c)
+
     def finish(self) -> None:
         """Complete every send (all receives were consumed by the last step)."""
         self.exchange.finish()

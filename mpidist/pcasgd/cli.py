@@ -1,5 +1,7 @@
 """``python -m mpidist.pcasgd``: the flags (the shared vocabulary of :mod:`mpidist.cli` plus the
-paper's variants, delay and topology), the presets, the world-size check and ``main``."""
+paper's variants, delay and topology), the presets, the world-size check and ``main``. The run
+itself (:func:`mpidist.pcasgd.train.train`) drives :class:`mpidist.pcasgd.PCASGD`, the object a
+user's own script wraps around its model."""
 from __future__ import annotations
 
 import argparse
@@ -80,7 +82,10 @@ def build_parser() -> cli.ArgumentParser:
                    help="L2 weight decay added to g_i (default 0)")
     g.add_argument("--batch-size", type=cli.positive_int, default=16,
                    help="mini-batch per agent (default 16)")
-    cli.model_flags(g, default="cnn", known=CLASSIFIERS, what="the network whose parameters are x")
+    cli.model_flags(g, default="cnn", known=CLASSIFIERS,
+                    what="the network whose parameters are x, or your MODULE:FUNCTION(in_shape, "
+                         "num_classes, **model_args) -> torch.nn.Module")
+    cli.loss_flag(g)
     g.add_argument("--augment", action="store_true",
                    help="random crop (padding 4) and horizontal flip of training images")
     cli.preset_flag(g, PRESETS, what="the paper's settings (Sec. 5.2): dataset, network, batch "

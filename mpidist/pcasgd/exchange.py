@@ -31,6 +31,12 @@ TAG_RELIABLE, TAG_UNRELIABLE_PARAMS, TAG_UNRELIABLE_GRADS = 301, 302, 303
 _STAMP_LIMIT = {torch.float32: 1 << 24, torch.float64: 1 << 53}
 
 
+def max_steps(dtype) -> int:
+    """The longest run whose step stamps a message of ``dtype`` holds exactly (the plan of an
+    open-ended run, :class:`mpidist.pcasgd.PCASGD` without ``steps``)."""
+    return _STAMP_LIMIT.get(dtype, 1 << 11) - 2
+
+
 class Mailbox:
     """Messages from one neighbour, consumed exactly ``lag`` steps after the step stamped in them.
 
@@ -72,13 +78,19 @@ class Mailbox:
     def snapshot(self, c: int) -> dict:
         """After step c: the messages sent up to step c and not consumed yet, {stamp: [buffers]}
         (waits for them: their senders posted them by step c)."""
-        w0, w1 = self._window(c)
         out = {}
-        for s in range(w0, min(c, w1) + 1):
-            k = s % self.slots
-            waitall(self.handles[k])
-            out[s] = [b.clone() for b in self.bufs[k]]
+        for s in self.wait_through(c):
+            out[s] = [b.clone() for b in self.bufs[s % self.slots]]
         return out
+
+    def wait_through(self, c: int) -> range:
+        """After step c: wait for the messages sent up to step c and not consumed yet (their
+        senders posted them by step c); returns their stamps."""
+        w0, w1 = self._window(c)
+        stamps = range(w0, min(c, w1) + 1)
+        for s in stamps:
+            waitall(self.handles[s % self.slots])
+        return stamps
 
     def _post(self, s: int) -> None:
         k = s % self.slots
@@ -267,6 +279,16 @@ class Exchange:
         """After the checkpoint of a stop signal: withdraw the receives posted ahead and complete
         every send (the peers posted their receives for them, up to the same step)."""
         for box in self.rel_box + self.unrel_box:
+            box.withdraw()
+        self.out.drain()
+
+    def settle(self, c: int) -> None:
+        """End the exchange after step c, wherever the plan would have gone on (a stop before the
+        last planned step, or an open-ended plan): wait for the messages the neighbours sent up to
+        step c (every agent stopped after step c too), withdraw the receives posted for later
+        ones, complete every send. Nothing is left in flight."""
+        for box in self.rel_box + self.unrel_box:
+            box.wait_through(c)
             box.withdraw()
         self.out.drain()
 

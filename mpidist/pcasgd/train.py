@@ -1,12 +1,16 @@
-"""PC-ASGD's training run on the shared loop: data shards, the model as one flat buffer, x_0 from
-rank 0 (line 1), then Algorithm 1 for T steps (:class:`~mpidist.pcasgd.agent.Agent`), with
-evaluation, checkpoints and the summary.
+"""PC-ASGD's training run on the shared loop (``python -m mpidist.pcasgd``): the task of the flags
+(:func:`mpidist.task.load`: the built-in data and models or the user's ``MODULE:FUNCTION`` ones,
+``--loss``), data shards, then Algorithm 1 for T steps through :class:`~mpidist.pcasgd.PCASGD` (the
+object a user's own script wraps around its model: x_0 from rank 0, the exchange, lines 6-8), with
+evaluation, checkpoints, the summary and every agent's final model.
 
 Metrics (trace ``/metrics``, per rank): ``loss`` every step (the local mini-batch), ``lr`` when eta
 changes, the agent's ``theta``, ``cos_pre``/``cos_cli``, ``staleness_reliable``/
-``staleness_unreliable``; at evaluation steps ``test_acc``, ``test_loss``, ``consensus_dist``
-(||x^i - mean_j x^j||, an allreduce on channel ``eval``); ``checkpoint`` rows from the loop. Root
-attributes ``final_test_acc`` (every agent's, %) and ``wall_seconds``.
+``staleness_unreliable``; at evaluation steps ``test_acc`` (classification only), ``test_loss``,
+``consensus_dist`` (||x^i - mean_j x^j||, an allreduce on channel ``eval``); ``checkpoint`` rows
+from the loop. Root attributes ``final_test_acc`` (every agent's, %; a regression has
+``final_test_loss``), ``wall_seconds``, ``task`` (model and data as given, parameter count) and
+``parameters``. A completed run saves ``<run>/model/rank<k>.pt`` on every rank.
 """
 from __future__ import annotations
 
@@ -18,15 +22,13 @@ import torch
 import torch.nn.functional as F
 
 from .. import checkpoint, cli, data, task, topology
-from ..comm import FlatParams
+from ..errors import UsageError
 from ..loop import Loop
 from ..metrics import evaluate
-from .agent import Agent
 from .rules import get_variant
+from .wrapper import MEET_EVERY, PCASGD  # noqa: F401  (MEET_EVERY: the name this module had)
 
 DEFAULT_STEPS = 900     # the default run: 8 agents, embedded digits, about a minute on 2 cores
-MEET_EVERY = 10         # the stop/checkpoint agreement, an allreduce over ALL ranks that would
-#                         couple the clusters if it ran every step
 
 
 class FinalLoop(Loop):
@@ -72,42 +74,46 @@ def train(run) -> None:
     variant = get_variant(a.variant, a.theta, a.criterion)
     t_start = time.perf_counter()
 
-    train_ds = data.load(a.data, a.data_root, a.download, True, a.image_size)
-    test_ds = data.load(a.data, a.data_root, a.download, False, a.image_size)
-    shard = data.Shard(train_ds, rank, n, a.batch_size, a.seed, dev)
-    steps_per_epoch = max(1, (len(train_ds) // n) // a.batch_size)
+    tk = task.load(a, dev)  # --data, --model, --model-arg, --loss; one forward pass checks the fit
+    if a.augment and tk.train.x.dim() != 4:
+        raise UsageError(f"--augment crops and flips images; --data {a.data} has inputs of shape "
+                         f"{tuple(tk.train.x.shape[1:])}")
+    shard = data.Shard(tk.train, rank, n, a.batch_size, a.seed, dev)
+    steps_per_epoch = max(1, (len(tk.train) // n) // a.batch_size)
     steps = a.steps or (max(1, round(a.epochs * steps_per_epoch)) if a.epochs else DEFAULT_STEPS)
     eval_every = a.eval_every or max(1, steps // 10)
-    test_x, test_y = test_ds.x.to(dev), test_ds.y.to(dev)
+    test_x, test_y = tk.test.x.to(dev), tk.test.y.to(dev)
 
-    model = task.build_model(a, train_ds.shape, train_ds.num_classes).to(dev)
-    fp = FlatParams(model)
+    model = tk.model
+    agent = PCASGD(run, model, steps=steps, delay=a.delay, clusters=topo.clusters, lr=a.lr,
+                   variant=a.variant, theta=a.theta, criterion=a.criterion, lam=a.lam,
+                   graph=a.graph, mixing=a.mixing, momentum=a.momentum,
+                   weight_decay=a.weight_decay)  # fresh run: x_0 from rank 0 (line 1), sent on
     saved, first = run.resumed_state, run.start_step
-    chosen = [0.0, 0]  # sum and count of theta_t after the first tau steps (the summary's share)
-    if saved is None:
-        comm.ibcast(fp.params, 0, "init").wait()  # line 1: every agent starts from the same x_0
-    else:  # --resume: all ranks continue after step first - 1 (the runtime restored the RNGs)
+    if saved is not None:  # --resume: all ranks continue after step first - 1 (RNGs restored)
         def restore():
             model.load_state_dict(saved["model"])
             shard.load_state_dict(saved["shard"])
+            state = saved["agent"]
+            if "settings" not in state:  # saved before PCASGD: the Agent's state, "chosen" beside
+                state = {"step": state["step"], "steps": steps, "settings": agent.settings(),
+                         "lr": a.lr, "predicting": saved["chosen"], "agent": state}
+            agent.load_state_dict(state)
         checkpoint.restore(comm, restore)  # another --model: one line, not a traceback
-        chosen = list(saved["chosen"])
-    agent = Agent(comm, topo, rank, variant, a.lam, steps, fp.numel, fp.params.dtype, dev,
-                  a.momentum, run.metric,
-                  resume=None if saved is None else (first - 1, saved["agent"]))
+    described = tk.describe(a.model)
+    run.trace.set_attrs(task=described, parameters=agent.fp.numel)
     run.say(f"{variant.title} on {topo.name}",
-            f"{a.model} ({fp.numel} parameters) on {a.data}: {len(train_ds)} training images "
-            f"split over {n} agents, batch {a.batch_size}, {steps} steps "
+            f"{described}, split over {n} agents, batch {a.batch_size}, {steps} steps "
             f"({steps / steps_per_epoch:.1f} epochs), eta {a.lr:g}, lambda {a.lam:g}")
     run.log.debug("agent %d: reliable %s unreliable %s", rank, agent.reliable, agent.unreliable)
 
-    agent.start(fp.params)
-    loop = FinalLoop(run, total=steps, meet_every=MEET_EVERY,
+    loop = FinalLoop(run, total=steps, meet_every=agent.meet_every,
                      state=lambda t: {"model": model.state_dict(), "shard": shard.state_dict(),
-                                      "agent": agent.state_dict(t), "chosen": tuple(chosen)})
+                                      "agent": agent.state_dict()})
+    fp = agent.fp
     lr_prev, acc = None, float("nan")
     for t in loop:
-        lr = lr_at(t, a, steps_per_epoch)
+        lr = agent.lr = lr_at(t, a, steps_per_epoch)
         if lr != lr_prev:
             run.metric(t, "lr", lr)
             lr_prev = lr
@@ -115,33 +121,41 @@ def train(run) -> None:
         if a.augment:
             xb = augment_crop_flip(xb)
         fp.zero_grad()
-        loss = F.cross_entropy(model(xb), yb)
+        loss = tk.loss(model(xb), yb)
         loss.backward()
-        if a.weight_decay:
-            fp.grads.add_(fp.params, alpha=a.weight_decay)
-        info = agent.step(t, fp.params, fp.grads, lr)
-        if t >= a.delay:
-            chosen[0] += info.theta
-            chosen[1] += 1
+        info = agent.step(t)
         loss_v = loss.item()
         run.metric(t, "loss", loss_v)
         if (t + 1) % eval_every == 0 or loop.is_last(t):
-            acc = score(run, t, model, fp, test_x, test_y)
+            acc = score(run, tk, t, model, fp, test_x, test_y)
         shown = {"loss": loss_v, "theta": info.theta}
         if not math.isnan(acc):
             shown["test_acc"] = acc
         if loop.end_step(t, **shown):
-            agent.stop_early()  # stopped by a signal, after its checkpoint
+            agent.finish()  # stopped by a signal, after its checkpoint: nothing left in flight
             return
     agent.finish()
-    summary(run, topo, variant, model, test_x, test_y, chosen, steps - first, t_start)
+    summary(run, tk, topo, variant, model, test_x, test_y, agent.predicting_share, steps - first,
+            t_start)
+    run.save_model(model)
 
 
-def score(run, t: int, model, fp, test_x, test_y) -> float:
-    """Evaluate this agent after step t: ``test_acc``, ``test_loss`` and ``consensus_dist``
-    (||x^i - mean_j x^j||, an allreduce over all agents); returns the accuracy."""
-    acc, tl = evaluate(model, test_x, test_y, device=run.device)
-    run.metric(t, "test_acc", acc)
+def evaluate_agent(tk, model, test_x, test_y, device):
+    """(accuracy or NaN, mean test loss) of this agent: for cross-entropy the numbers of
+    :func:`mpidist.metrics.evaluate` (bit for bit what the module printed before it took a user's
+    task), else the task's loss and no accuracy (:meth:`mpidist.task.Task.evaluate`)."""
+    if tk.loss_name == "cross_entropy":
+        return evaluate(model, test_x, test_y, device=device)
+    return tk.evaluate(model, device)
+
+
+def score(run, tk, t: int, model, fp, test_x, test_y) -> float:
+    """Evaluate this agent after step t: ``test_acc`` (classification only), ``test_loss`` and
+    ``consensus_dist`` (||x^i - mean_j x^j||, an allreduce over all agents); returns the accuracy
+    (NaN for a regression)."""
+    acc, tl = evaluate_agent(tk, model, test_x, test_y, run.device)
+    if tk.classification:
+        run.metric(t, "test_acc", acc)
     run.metric(t, "test_loss", tl)
     mean = fp.params.clone()
     run.comm.iallreduce(mean, "avg", "eval").wait()
@@ -149,26 +163,32 @@ def score(run, t: int, model, fp, test_x, test_y) -> float:
     return acc
 
 
-def summary(run, topo, variant, model, test_x, test_y, chosen, ran: int, t_start: float) -> None:
-    """Every agent's final test accuracy (the paper's metric: the agents' average), and the share
-    of agent-steps after the first tau on which the predicting step was chosen; ``ran`` steps ran
-    since ``t_start`` (``time.perf_counter``)."""
+def summary(run, tk, topo, variant, model, test_x, test_y, predicting: float, ran: int,
+            t_start: float) -> None:
+    """Every agent's final test accuracy (the paper's metric: the agents' average; for a
+    regression the test loss), and the share of agent-steps after the first tau on which the
+    predicting step was chosen; ``ran`` steps ran since ``t_start`` (``time.perf_counter``)."""
     n, rank = run.world_size, run.rank
-    acc, tl = evaluate(model, test_x, test_y, device=run.device)
+    acc, tl = evaluate_agent(tk, model, test_x, test_y, run.device)
     row = torch.zeros(n, 3, dtype=torch.float64)
-    row[rank] = torch.tensor([acc, tl, chosen[0] / chosen[1] if chosen[1] else float("nan")])
+    row[rank] = torch.tensor([acc, tl, predicting])
     run.comm.iallreduce(row, "sum", "eval").wait()
-    accs = row[:, 0].numpy() * 100
     wall = time.perf_counter() - t_start
-    run.trace.set_attrs(final_test_acc=[float(v) for v in accs], wall_seconds=wall)
+    if tk.classification:
+        vals, what, unit = row[:, 0].numpy() * 100, "test accuracy", " %"
+        run.trace.set_attrs(final_test_acc=[float(v) for v in vals], wall_seconds=wall)
+    else:
+        vals, what, unit = row[:, 1].numpy(), f"test loss ({tk.loss_name})", ""
+        run.trace.set_attrs(final_test_loss=[float(v) for v in vals], wall_seconds=wall)
     pred = row[:, 2].numpy()
     pred_txt = ("" if np.isnan(pred).all() else
                 f"; predicting step chosen in {100 * np.nanmean(pred):.0f}% of the agent-steps "
                 f"after the first tau")
     first = run.start_step
-    run.say(f"{variant.title}, tau {topo.tau}: test accuracy of the {n} agents "
-            f"{accs.mean():.2f} +- {accs.std():.2f} % (mean +- std; min {accs.min():.2f}, "
-            f"max {accs.max():.2f}){pred_txt}",
-            f"per agent: {' '.join(f'{v:.1f}' for v in accs)}",
+    digits = 2 if tk.classification else 4
+    run.say(f"{variant.title}, tau {topo.tau}: {what} of the {n} agents "
+            f"{vals.mean():.{digits}f} +- {vals.std():.{digits}f}{unit} (mean +- std; min "
+            f"{vals.min():.{digits}f}, max {vals.max():.{digits}f}){pred_txt}",
+            f"per agent: {' '.join(f'{v:.{digits - 1}f}' for v in vals)}",
             f"{ran} steps in {wall:.1f} s" + (f" (resumed after step {first - 1})"
                                               if first else ""))
