@@ -31,17 +31,6 @@ from .wrapper import MEET_EVERY, PCASGD  # noqa: F401  (MEET_EVERY: the name thi
 DEFAULT_STEPS = 900     # the default run: 8 agents, embedded digits, about a minute on 2 cores
 
 
-class FinalLoop(Loop):
-    """:class:`mpidist.loop.Loop` whose ranks never meet after the last step, not even for a
-    ``--checkpoint-every`` checkpoint due there: the run ends anyway, and a checkpoint of the last
-    step could not be continued by a longer run (no message to be consumed after step T-1 was
-    sent). Behaviour of the module before the loop: a 40-step run with ``--checkpoint-every 20``
-    saves step 19 only (tests/test_pcasgd.py)."""
-
-    def meets(self, step: int) -> bool:
-        return not self.is_last(step) and super().meets(step)
-
-
 def augment_crop_flip(x: torch.Tensor, pad: int = 4) -> torch.Tensor:
     """Random crop with zero padding ``pad`` and random horizontal flip, per image (the CIFAR
     augmentation of the presets)."""
@@ -107,9 +96,11 @@ def train(run) -> None:
             f"({steps / steps_per_epoch:.1f} epochs), eta {a.lr:g}, lambda {a.lam:g}")
     run.log.debug("agent %d: reliable %s unreliable %s", rank, agent.reliable, agent.unreliable)
 
-    loop = FinalLoop(run, total=steps, meet_every=agent.meet_every,
-                     state=lambda t: {"model": model.state_dict(), "shard": shard.state_dict(),
-                                      "agent": agent.state_dict()})
+    # no checkpoint after the last step: a longer run could not continue from it (no message to be
+    # consumed after step T-1 was sent); a 40-step run with --checkpoint-every 20 saves step 19
+    loop = Loop(run, total=steps, meet_every=agent.meet_every, save_last=False,
+                state=lambda t: {"model": model.state_dict(), "shard": shard.state_dict(),
+                                 "agent": agent.state_dict()})
     fp = agent.fp
     lr_prev, acc = None, float("nan")
     for t in loop:
