@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from ..comm import FlatParams
 from ..errors import UsageError
 from ..loop import Loop
-from .nodes import SourceNode, StepContext, TargetNode, build_discriminator, build_source
+from .nodes import (SourceNode, StepContext, TargetNode, build_discriminator, build_source,
+                    check_networks, describe_networks, uses_user_parts)
 from .rules import adam
 from .tasks import load_domain, num_targets
 
@@ -22,13 +23,21 @@ def adapt_centralized(args, device, run=None, on_step=None, cache: dict | None =
     """The ADDA baseline in one process: source and k targets feed ONE discriminator, whose loss is
     the mean of the per-domain losses of Eq. 3; each E_t is updated from the same forward pass
     with the inverted label. The blocking reference of ``--strategy sync``. With ``run`` (the
-    command line) the steps are traced on the run loop; without, nothing is recorded."""
+    command line) the steps are traced on the run loop and the networks saved (``model``: the
+    source's E_s and C, ``discriminator``, ``target<i>``: target i's E_t and C, each
+    ``<run dir>/<name>/rank0.pt``); without, nothing is recorded."""
     k = num_targets(args, 1)
     t_start = time.perf_counter()
     domains = [load_domain(args, i, k) for i in range(k + 1)]
     classes = {d.train.num_classes for d in domains}
     if len(classes) != 1:
         raise UsageError(f"the domains have different numbers of classes {sorted(classes)}")
+    shapes = [d.train.shape for d in domains]
+    if len(set(shapes)) != 1:
+        raise UsageError(f"the domains' inputs differ in shape {shapes}: one extractor serves "
+                         "every domain")
+    if uses_user_parts(args):
+        check_networks(args, domains[0], device)
     net, source_acc = build_source(args, domains[0], device, cache)
     disc = build_discriminator(args, net.feature_dim, device)
     fpD = FlatParams(disc)
@@ -74,8 +83,15 @@ def adapt_centralized(args, device, run=None, on_step=None, cache: dict | None =
             loop.end_step(n, d_loss=loss.item())
     t_adapt = time.perf_counter() - t_adapt
     after = [t.accuracy() for t in targets]
+    if run is not None:  # the source's network, D, and each target's network
+        run.save_model(net)  # copies of D and E_t: their parameters are views of flat buffers
+        run.save_model(copy.deepcopy(disc), "discriminator")
+        for i, t in enumerate(targets):
+            run.save_model(copy.deepcopy(t.net), f"target{i + 1}")
     return {"source_acc": source_acc, "targets": [(i + 1, d.rotation, b, a) for i, (d, b, a) in
                                                   enumerate(zip(domains[1:], before, after))],
             "disc": fpD.params.clone(), "extractors": [t.fpE.params.clone() for t in targets],
             "syncs": 0, "bytes_sent": 0, "bytes_received": 0, "disc_bytes": fpD.nbytes,
-            "init_bytes": 0, "adapt_seconds": t_adapt, "seconds": time.perf_counter() - t_start}
+            "init_bytes": 0, "adapt_seconds": t_adapt, "labels": [d.label for d in domains],
+            "networks": describe_networks(args, net, disc) if uses_user_parts(args) else None,
+            "seconds": time.perf_counter() - t_start}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from .. import cli, runtime
+from .. import cli, runtime, user
 from ..algorithms import ALGORITHMS
 from ..errors import UsageError
 from .centralized import adapt_centralized
@@ -78,6 +78,27 @@ def build_parser() -> cli.ArgumentParser:
                    help="a state dict to start the source extractor E_s from before its "
                         "pre-training (e.g. torchvision's ImageNet ResNet-50 for the Office-31 "
                         "tasks; its fc.* entries are ignored); the targets receive E_s as usual")
+    u = p.add_argument_group(
+        "your own domains and networks (MODULE:FUNCTION, imported on every rank; "
+        "see mpidist/dada/README.md)")
+    u.add_argument("--source-data", type=_spec, default=None, metavar="MODULE:FUNCTION",
+                   help="the labelled source domain (rank 0): FUNCTION(root) -> (train, test[, "
+                        "num_classes]), torch Datasets of (input, integer label); root is "
+                        "--data-root. Needs --target-data; replaces --task")
+    u.add_argument("--target-data", type=_spec, default=None, metavar="MODULE:FUNCTION",
+                   help="the target domain(s), same form; labels are used only for the reported "
+                        "accuracy. FUNCTION(root, index) when it takes a second argument: target "
+                        "rank i gets FUNCTION(root, i), whole; else every target gets its "
+                        "disjoint part of FUNCTION(root)'s training set (and its whole test set)")
+    u.add_argument("--extractor", type=_spec, default=None, metavar="MODULE:FUNCTION",
+                   help="E: FUNCTION(in_shape) -> nn.Module giving features [batch, F] (default "
+                        "the task's ADDA extractor, LeNet on images)")
+    u.add_argument("--classifier", type=_spec, default=None, metavar="MODULE:FUNCTION",
+                   help="C: FUNCTION(feature_dim, num_classes) -> nn.Module giving class logits "
+                        "(default the task's; a linear layer on your own extractor)")
+    u.add_argument("--discriminator", type=_spec, default=None, metavar="MODULE:FUNCTION",
+                   help="D: FUNCTION(feature_dim) -> nn.Module giving one domain logit [batch, 1] "
+                        "(default ADDA's 500-500 discriminator)")
     cli.data_flags(p)  # --data-root, --download, --image-size
     _reword(p, "data_root", help="folder holding MNIST/USPS/SVHN in torchvision's layout, or "
                                  "Office-31 as <root>/<domain>/images/<class>/*.jpg")
@@ -90,6 +111,13 @@ def build_parser() -> cli.ArgumentParser:
 make_parser = build_parser  # the name tests and tools use
 
 
+def _spec(s: str) -> str:
+    """A ``MODULE:FUNCTION`` reference (imported when the run starts)."""
+    if not user.is_spec(s) or s.startswith(":") or s.endswith(":"):
+        raise argparse.ArgumentTypeError(f"expected MODULE:FUNCTION, got '{s}'")
+    return s
+
+
 def check(args, world_size: int) -> str | None:
     """Configuration errors that every rank sees alike (runtime.start prints them on rank 0)."""
     task = TASKS[args.task]
@@ -97,8 +125,20 @@ def check(args, world_size: int) -> str | None:
         return ("--epochs: DADA runs N adaptation steps on a batch of every domain each "
                 "(Algorithm 1 line 2); give --steps")
     if args.data is not None:
-        return f"--data: DADA's domains are chosen by --task (known: {', '.join(TASKS)})"
-    external = sorted({task.source, task.target} - {"digits"})
+        return (f"--data: DADA has a source and a target domain: give --source-data and "
+                f"--target-data (MODULE:FUNCTION each), or --task (known: {', '.join(TASKS)})")
+    if bool(args.source_data) != bool(args.target_data):
+        given, missing = (("--source-data", "--target-data") if args.source_data
+                          else ("--target-data", "--source-data"))
+        return f"{given} needs {missing} too: DADA adapts from a source domain to a target domain"
+    if args.source_data:
+        if args.task != "digits-rot":
+            return (f"--task {args.task} and --source-data/--target-data: choose one (your "
+                    "own domains replace the task)")
+        if args.rotation:
+            return ("--rotation applies to the built-in rotated tasks; with --target-data your "
+                    "FUNCTION makes the target domain (FUNCTION(root, index) for one per target)")
+    external = [] if args.source_data else sorted({task.source, task.target} - {"digits"})
     if external and args.data_root is None:
         return (f"--task {args.task} needs --data-root, the folder holding "
                 f"{' and '.join(external)} "

@@ -67,16 +67,17 @@ class DiscExchange:
         self.syncs, self.bytes_sent, self.bytes_received = saved
 
 
-def transfer_initial_models(comm, net, disc_fp: FlatParams) -> int:
-    """Algorithm 2 line 1: E_t, C_t and D_t are initialised by the source node: three broadcasts
-    from rank 0 (E's and C's floating state, D's flat weights). Returns the bytes broadcast."""
+def broadcast_initial(comm, modules, disc_fp: FlatParams, channels=INIT_CHANNELS) -> int:
+    """Algorithm 2 line 1: rank 0's ``modules`` (E_s, C_s: their floating state) and D's flat
+    weights go to every other rank, one broadcast each on ``channels`` (``init_extractor``,
+    ``init_classifier``, ``init_disc``). Returns the bytes broadcast."""
     handles, copies = [], []
-    for channel, module in zip(INIT_CHANNELS[:2], (net.extractor, net.classifier)):
+    for channel, module in zip(channels, modules):
         state = [t for t in module.state_dict().values() if t.is_floating_point()]
         flat = flatten(state)
         handles.append(comm.ibcast(flat, 0, channel))
         copies.append((state, flat))
-    handles.append(comm.ibcast(disc_fp.params, 0, INIT_CHANNELS[2]))
+    handles.append(comm.ibcast(disc_fp.params, 0, channels[len(modules)]))
     # the targets wait out the source's pre-training: no practical deadline (a failing source
     # aborts the job), and a polling wait that naps rather than MPI's spinning Wait
     waitall(handles, timeout=1e9)
@@ -89,22 +90,60 @@ def transfer_initial_models(comm, net, disc_fp: FlatParams) -> int:
     return nbytes
 
 
-def load_own_domain(comm, args, k: int) -> Domain:
-    """Each rank loads its own domain; a failure anywhere ends every rank with the same message,
-    and so do domains with different numbers of classes."""
+def transfer_initial_models(comm, net, disc_fp: FlatParams) -> int:
+    """Algorithm 2 line 1: E_t, C_t and D_t are initialised by the source node: three broadcasts
+    from rank 0 (E's and C's floating state, D's flat weights). Returns the bytes broadcast."""
+    return broadcast_initial(comm, (net.extractor, net.classifier), disc_fp)
+
+
+def agreed(comm, fn):
+    """``fn()`` on every rank; a UsageError on any rank ends every rank with the first one (by
+    rank), so that every rank exits alike (one line, status 2). Returns this rank's result."""
+    out, err = None, ""
+    try:
+        out = fn()
+    except UsageError as e:
+        err = str(e)
+    errors = [e for e in comm.allgather_object(err) if e]
+    if errors:
+        raise UsageError(errors[0])
+    return out
+
+
+def gather_domains(comm, args, k: int):
+    """Each rank loads its own domain (:func:`load_domain`); a failure anywhere ends every rank
+    with the same message, and so do domains with different numbers of classes or input shapes,
+    and a domain with fewer training samples than one batch. Returns (this rank's Domain, the list
+    of every rank's (label, training samples, input shape))."""
     dom, err = None, ""
     try:
         dom = load_domain(args, comm.rank, k)
+        if len(dom.train) < args.batch_size:
+            role = "the source" if comm.rank == 0 else f"target rank {comm.rank}"
+            err = (f"{dom.label}: {role} holds {len(dom.train)} training samples, fewer than one "
+                   f"batch (--batch-size {args.batch_size})"
+                   + (f"; its domain is split over {k} targets" if comm.rank and k > 1 else ""))
     except UsageError as e:
         err = str(e)
-    got = comm.allgather_object((err, dom.train.num_classes if dom else 0))
-    errors = [e for e, _ in got if e]
+    info = (dom.label, len(dom.train), dom.train.shape) if dom else None
+    got = comm.allgather_object((err, dom.train.num_classes if dom else 0, info))
+    errors = [e for e, _, _ in got if e]
     if errors:
         raise UsageError(errors[0])
-    classes = {c for _, c in got}
+    classes = {c for _, c, _ in got}
     if len(classes) != 1:
         raise UsageError(f"the domains have different numbers of classes {sorted(classes)}")
-    return dom
+    shapes = [i[2] for _, _, i in got]
+    if len(set(shapes)) != 1:
+        raise UsageError(f"the domains' inputs differ in shape (source {shapes[0]}, "
+                         + ", ".join(f"target rank {r} {s}" for r, s in enumerate(shapes) if r)
+                         + "): one extractor serves every domain")
+    return dom, [i for _, _, i in got]
+
+
+def load_own_domain(comm, args, k: int) -> Domain:
+    """This rank's domain, agreed by all ranks (:func:`gather_domains`)."""
+    return gather_domains(comm, args, k)[0]
 
 
 def report_accuracies(comm, k: int, rotation: float, before: float, after: float):

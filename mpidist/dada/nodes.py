@@ -15,10 +15,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .. import data, metrics, models
+from .. import data, metrics, models, user
 from ..comm import FlatParams
+from ..errors import UsageError
+from ..models.adda import ADDANet
 from .rules import adam
-from .tasks import TASKS, Domain
+from .tasks import TASKS, Domain, user_domains
 
 
 @torch.no_grad()
@@ -31,23 +33,20 @@ def _features(extractor, x: torch.Tensor, batch: int = 512) -> torch.Tensor:
 
 
 class Node:
-    """One step n of a node (Alg. 1 lines 3-7, Alg. 2 lines 3-8): D's gradient g^(n) added into
-    G_acc, the strategy's exchange (``rule``: a DiscriminatorRule, ``ex``: a DiscExchange) posted
-    as soon as its payload is ready and waited for last, so that it flies while the node computes.
-    Returns the step's metrics."""
+    """One step n of a node (Alg. 1 lines 3-7, Alg. 2 lines 3-8) on the public API: D's gradient
+    g^(n) added into G_acc, then the :class:`~mpidist.dada.sync.DiscriminatorSync` posts the
+    strategy's exchange as soon as its payload is ready and waits for it last, so that it flies
+    while the node computes. Returns the step's metrics."""
 
-    def step(self, n: int, rule, ex) -> dict:
-        early = rule.before_grad(n)
-        if early is not None:
-            ex.post(early)                      # D-PSGD: weights fly while the gradient is made
+    def step(self, n: int, sync) -> dict:
+        if sync.steps != n - 1:
+            raise RuntimeError(f"step {n}: the discriminator sync has done {sync.steps} steps")
+        sync.begin()                            # D-PSGD: weights fly while the gradient is made
         vals = self.disc_backward()             # g^(n) added into G_acc = fp.grads
-        self.before_local_update(rule, vals)
-        payload = rule.after_grad(n)
-        if payload is not None:
-            ex.post(payload)
+        self.before_local_update(sync.rule, vals)
+        sync.post()
         self.while_exchanging(vals)
-        if ex.pending:
-            rule.combine(n, ex.wait())
+        sync.wait()
         return vals
 
     def before_local_update(self, rule, vals: dict) -> None:
@@ -140,13 +139,25 @@ class TargetNode(Node):
 class StepContext:
     """What a per-step hook ``on_step(n, ctx)`` sees (tests, experiments): ``fp`` (D's
     FlatParams), ``rule`` (the DiscriminatorRule; None when centralized), ``node`` (this rank's
-    SourceNode or TargetNode; the list of TargetNodes when centralized), ``exchange``."""
+    SourceNode or TargetNode; the list of TargetNodes when centralized), ``exchange``, ``sync``
+    (the DiscriminatorSync; None when centralized)."""
 
-    def __init__(self, fp, rule=None, node=None, exchange=None):
-        self.fp, self.rule, self.node, self.exchange = fp, rule, node, exchange
+    def __init__(self, fp, rule=None, node=None, exchange=None, sync=None):
+        self.fp, self.rule, self.node, self.exchange, self.sync = fp, rule, node, exchange, sync
 
 
 # ======================================================================================= networks
+
+def user_networks(args) -> bool:
+    """Whether any network is the user's own (``--extractor``, ``--classifier``,
+    ``--discriminator``)."""
+    return any(getattr(args, k, None) for k in ("extractor", "classifier", "discriminator"))
+
+
+def uses_user_parts(args) -> bool:
+    """Whether the run uses any of the user's own domains or networks."""
+    return user_domains(args) or user_networks(args)
+
 
 def build_source(args, domain: Domain, device, cache: dict | None = None):
     """The source's ADDA network, pre-trained on its labelled data (Alg. 1 line 1: E_s, C_s), and
@@ -154,8 +165,10 @@ def build_source(args, domain: Domain, device, cache: dict | None = None):
     (a dict kept by the caller, e.g. an experiment running many adaptations in one process)
     memoises it."""
     key = (args.task, args.seed, args.pretrain_steps, args.pretrain_lr, args.batch_size,
-           args.image_size, args.extractor_weights, str(device))
-    net = build_network(args, domain.train.num_classes, device, seed=args.seed)
+           args.image_size, args.extractor_weights, str(device),
+           *(getattr(args, k, None) for k in ("source_data", "extractor", "classifier")))
+    net = build_network(args, domain.train.num_classes, device, seed=args.seed,
+                        in_shape=domain.train.shape)
     if cache is not None and key in cache:
         state, acc = cache[key]
         net.load_state_dict(state)
@@ -187,19 +200,132 @@ def load_extractor_weights(extractor, path: str, device) -> None:
                          f"{missing[:3]}, unexpected {unexpected[:3]}")
 
 
-def build_network(args, num_classes: int, device, seed: int | None = None):
+def _user_module(spec: str, flag: str, signature: str, *call_args) -> torch.nn.Module:
+    """``FUNCTION(*call_args)`` of ``flag MODULE:FUNCTION``, checked to be a trainable module."""
+    fn = user.resolve(spec, flag)
+    try:
+        m = fn(*call_args)
+    except TypeError as e:
+        raise UsageError(f"{flag} {spec}: cannot build it as {signature} ({e})") from None
+    if not isinstance(m, torch.nn.Module):
+        raise UsageError(f"{flag} {spec}: returned {type(m).__name__}, expected a "
+                         "torch.nn.Module")
+    if not any(p.requires_grad for p in m.parameters()):
+        raise UsageError(f"{flag} {spec}: the module has no trainable parameters")
+    return m
+
+
+@torch.no_grad()
+def _probe(module, x: torch.Tensor, flag: str, spec: str, what: str) -> torch.Tensor:
+    """``module(x)`` in eval mode, no gradient, the RNG untouched; an exception is one line."""
+    was = module.training
+    module.eval()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            return module(x)
+    except Exception as e:  # noqa: BLE001  (a shape or dtype mismatch: name the shapes)
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise UsageError(f"{flag} {spec} does not fit its input: {what} {tuple(x.shape)} "
+                         f"({type(e).__name__}: {first})") from None
+    finally:
+        module.train(was)
+
+
+def feature_dim(extractor, in_shape, spec: str) -> int:
+    """F, the width of the features ``[batch, F]`` a user's extractor gives for ``in_shape``."""
+    x = torch.zeros(2, *in_shape, device=next(extractor.parameters()).device)
+    f = _probe(extractor, x, "--extractor", spec, "inputs")
+    if not (isinstance(f, torch.Tensor) and f.dim() == 2 and f.shape[0] == 2):
+        shape = tuple(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__
+        raise UsageError(f"--extractor {spec}: gives {shape} for inputs {tuple(x.shape)}; "
+                         "expected features [batch, F] (end it with torch.nn.Flatten())")
+    return int(f.shape[1])
+
+
+def _user_network(args, in_shape, num_classes: int):
+    """E and C when any of them, or the data, is the user's: ``--extractor`` FUNCTION(in_shape)
+    (default ADDA's LeNet on images), ``--classifier`` FUNCTION(feature_dim, num_classes) (default
+    a linear layer on a user's extractor, the LeNet's own on the LeNet)."""
+    if args.extractor:
+        extractor = _user_module(args.extractor, "--extractor", "FUNCTION(in_shape)",
+                                 tuple(in_shape))
+        fdim = feature_dim(extractor, in_shape, args.extractor)
+        classifier = None if args.classifier else torch.nn.Linear(fdim, num_classes)
+    else:
+        model = "adda-lenet" if user_domains(args) else TASKS[args.task].model
+        if len(in_shape) != 3:
+            raise UsageError(f"the built-in extractor ({model}) takes images [C, H, W]; the "
+                             f"inputs are {tuple(in_shape)}: give --extractor MODULE:FUNCTION")
+        net = models.build(model, tuple(in_shape), num_classes)
+        extractor, classifier, fdim = net.extractor, net.classifier, net.feature_dim
+    if args.classifier:
+        classifier = _user_module(args.classifier, "--classifier",
+                                  "FUNCTION(feature_dim, num_classes)", fdim, num_classes)
+    return ADDANet(extractor, classifier, fdim)
+
+
+def build_network(args, num_classes: int, device, seed: int | None = None, in_shape=None):
     """The task's ADDA network (E and C), initialised from ``seed`` when given (the rank's own
-    random stream is left as it was)."""
+    random stream is left as it was); the user's own parts where given (``in_shape``: the
+    domain's input shape)."""
     task = TASKS[args.task]
     size = args.image_size or task.size
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)
-        return models.build(task.model, (task.channels, size, size), num_classes).to(device)
+        if not uses_user_parts(args):
+            return models.build(task.model, (task.channels, size, size), num_classes).to(device)
+        if in_shape is None:
+            in_shape = (task.channels, size, size)
+        return _user_network(args, in_shape, num_classes).to(device)
 
 
 def build_discriminator(args, feature_dim: int, device):
-    """D, initialised from ``--seed`` (Alg. 1 line 1: "randomly initialized D_s")."""
+    """D, initialised from ``--seed`` (Alg. 1 line 1: "randomly initialized D_s"): ADDA's, or
+    ``--discriminator`` FUNCTION(feature_dim)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(args.seed + 1)
+        spec = getattr(args, "discriminator", None)
+        if spec:
+            return _user_module(spec, "--discriminator", "FUNCTION(feature_dim)",
+                                feature_dim).to(device)
         return models.build("adda-discriminator", (feature_dim,), 1).to(device)
+
+
+def check_networks(args, domain: Domain, device) -> None:
+    """Before any training, on every rank with its own domain: E, C and D built as the run will
+    build them and run once on two training samples (eval mode, no gradient, nothing changed): C's
+    output must be [batch, classes] for the labels and D's one domain logit [batch, 1]. A mistake
+    is one line (UsageError)."""
+    k = domain.train.num_classes
+    net = build_network(args, k, device, seed=args.seed, in_shape=domain.train.shape)
+    disc = build_discriminator(args, net.feature_dim, device)
+    x, y = domain.train.x[:2].to(device), domain.train.y[:2].to(device)
+    e_name = args.extractor or "(built-in)"
+    f = _probe(net.extractor, x, "--extractor", e_name, "inputs")
+    if not (isinstance(f, torch.Tensor) and tuple(f.shape) == (len(x), net.feature_dim)):
+        shape = tuple(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__
+        raise UsageError(f"--extractor {e_name}: gives {shape} for inputs {tuple(x.shape)}; "
+                         f"expected features [batch, {net.feature_dim}]")
+    c_name = args.classifier or "(built-in)"
+    out = _probe(net.classifier, f, "--classifier", c_name, "features")
+    if not (isinstance(out, torch.Tensor) and tuple(out.shape) == (len(x), k)):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise UsageError(f"--classifier {c_name} does not fit the labels: features "
+                         f"{tuple(f.shape)}, output {shape}, labels {tuple(y.shape)} of {k} "
+                         f"classes; expected [batch, {k}] (one logit per class)")
+    d_name = getattr(args, "discriminator", None) or "(built-in)"
+    logit = _probe(disc, f, "--discriminator", d_name, "features")
+    if not (isinstance(logit, torch.Tensor) and tuple(logit.shape) == (len(x), 1)):
+        shape = tuple(logit.shape) if isinstance(logit, torch.Tensor) else type(logit).__name__
+        raise UsageError(f"--discriminator {d_name}: gives {shape} for features "
+                         f"{tuple(f.shape)}; expected one domain logit per sample [batch, 1]")
+
+
+def describe_networks(args, net, disc) -> str:
+    """``extractor m:f (1234 parameters), classifier (built-in, 51), discriminator ...``."""
+    def one(role, spec, module):
+        return f"{role} {spec or '(built-in)'} ({models.count_parameters(module)} parameters)"
+    return ", ".join([one("extractor", args.extractor, net.extractor),
+                      one("classifier", args.classifier, net.classifier),
+                      one("discriminator", getattr(args, "discriminator", None), disc)])

@@ -1,12 +1,14 @@
 """DADA's adaptation tasks (``--task``): which datasets are the source and the target domains, and
-how a node loads its own domain (the source on rank 0, target i on rank i)."""
+how a node loads its own domain (the source on rank 0, target i on rank i); or a user's own
+domains (``--source-data MODULE:FUNCTION``, ``--target-data MODULE:FUNCTION``)."""
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import numpy as np
 
-from .. import data
+from .. import data, user
 from ..errors import UsageError
 
 
@@ -72,6 +74,87 @@ def num_targets(args, world_size: int) -> int:
     return world_size - 1
 
 
+def user_domains(args) -> bool:
+    """Whether the domains are the user's own (``--source-data``/``--target-data``)."""
+    return bool(getattr(args, "source_data", None))
+
+
+def takes_index(fn) -> bool:
+    """Whether a ``--target-data`` FUNCTION accepts a second positional argument, the target's
+    index: ``FUNCTION(root, index)``."""
+    try:
+        inspect.signature(fn).bind(None, 1)
+    except TypeError:
+        return False
+    except ValueError:  # no signature to inspect (some builtins): call it with root alone
+        return False
+    return True
+
+
+def _reflag(e: UsageError, spec: str, flag: str) -> UsageError:
+    """mpidist.user names the flag ``--data``; DADA's user said ``--source-data`` or
+    ``--target-data``."""
+    return UsageError(str(e).replace(f"--data {spec}", f"{flag} {spec}", 1))
+
+
+def _user_sets(spec: str, flag: str, root, size, index: int | None):
+    """(train, test) :class:`mpidist.data.Dataset` of ``FUNCTION(root)`` or, when ``index`` is
+    given, ``FUNCTION(root, index)`` (checked by :mod:`mpidist.user` alike)."""
+    if index is None:
+        try:
+            return (data.load(spec, root, train=True, size=size),
+                    data.load(spec, root, train=False, size=size))
+        except UsageError as e:
+            raise _reflag(e, spec, flag) from None
+    got = user.resolve(spec, flag)(root, index)
+    if not (isinstance(got, (tuple, list)) and len(got) in (2, 3)):
+        raise UsageError(f"{flag} {spec}: FUNCTION(root, {index}) returned {type(got).__name__}, "
+                         "expected (train, test) or (train, test, num_classes)")
+    try:
+        (xtr, ytr), (xte, yte) = (user._stack(got[0], spec, "train"),
+                                  user._stack(got[1], spec, "test"))
+    except UsageError as e:
+        raise _reflag(e, spec, flag) from None
+    if ytr.is_floating_point() or yte.is_floating_point():
+        raise UsageError(f"{flag} {spec}: float labels; DADA adapts a classifier: give integer "
+                         "class labels")
+    ytr, yte = ytr.long(), yte.long()
+    k = int(got[2]) if len(got) == 3 else int(max(ytr.max(), yte.max())) + 1
+    if int(min(ytr.min(), yte.min())) < 0 or int(max(ytr.max(), yte.max())) >= k:
+        raise UsageError(f"{flag} {spec}: labels must lie in 0..{k - 1}")
+    if xtr.shape[1:] != xte.shape[1:]:
+        raise UsageError(f"{flag} {spec}: train inputs {tuple(xtr.shape[1:])} and test inputs "
+                         f"{tuple(xte.shape[1:])} differ in shape")
+    if xtr.dim() == 4 and size:
+        xtr, xte = data.resize(xtr, size), data.resize(xte, size)
+    name = f"{spec}({index})"
+    return (data.Dataset(xtr.contiguous(), ytr, name, k),
+            data.Dataset(xte.contiguous(), yte, name, k))
+
+
+def load_user_domain(args, index: int, k: int) -> Domain:
+    """Domain ``index`` of a user's task: the source (index 0) is ``--source-data``'s
+    ``FUNCTION(root)``, whole. Target i (1..k) is ``--target-data``'s ``FUNCTION(root, i)``, whole,
+    when FUNCTION takes a second argument; otherwise ``FUNCTION(root)`` is the one target domain,
+    its training set split into k disjoint parts (target i holds the i-th, as for the built-in
+    tasks: no sample is on two nodes) and its whole test set tested on by every target."""
+    root, size = args.data_root, args.image_size
+    if index == 0:
+        train, test = _user_sets(args.source_data, "--source-data", root, size, None)
+    else:
+        spec = args.target_data
+        by_index = takes_index(user.resolve(spec, "--target-data"))
+        train, test = _user_sets(spec, "--target-data", root, size, index if by_index else None)
+        if not by_index:
+            perm = np.random.default_rng(_SPLIT_SEED).permutation(len(train))
+            train = train.subset(np.array_split(perm, k)[index - 1])
+    if train.y.is_floating_point():
+        flag = "--source-data" if index == 0 else "--target-data"
+        raise UsageError(f"{flag} {train.name}: float labels; DADA adapts a classifier: give "
+                         "integer class labels")
+    return Domain(index, train.name, 0.0, train, test)
+
+
 def load_domain(args, index: int, k: int) -> Domain:
     """Domain ``index`` of a task with k targets, as the node that owns it loads it.
 
@@ -80,6 +163,8 @@ def load_domain(args, index: int, k: int) -> Domain:
     test set is the test set rotated by its angle. Other tasks: the source uses its whole training
     set, target i the i-th of k disjoint parts of the target's, tested on the target's test set.
     """
+    if user_domains(args):
+        return load_user_domain(args, index, k)
     task = TASKS[args.task]
     size = args.image_size or task.size
 
