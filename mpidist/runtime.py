@@ -118,7 +118,8 @@ class Run:
         folder = os.path.join(self.run_dir, name)
         os.makedirs(folder, exist_ok=True)
         path = os.path.join(folder, f"rank{self.rank}.pt")
-        state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
+        # clone: a parameter that is a view into a flat buffer would otherwise save the buffer
+        state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
         torch.save(state, path + ".tmp")
         os.replace(path + ".tmp", path)
         return path

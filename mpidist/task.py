@@ -84,5 +84,6 @@ def load(args, device="cpu", image_size: int | None = None, channels: int | None
         raise UsageError(f"--data {args.data} has float (regression) labels: use --loss mse or "
                          "your own --loss MODULE:FUNCTION")
     user.check_fit(model, loss_fn, train.x[:check_batch].to(device),
-                   train.y[:check_batch].to(device), args.model, loss_name)
+                   train.y[:check_batch].to(device), args.model, loss_name,
+                   train.num_classes if classification else None)
     return Task(train, test, model, loss_fn, loss_name, classification)

@@ -127,9 +127,11 @@ def loss_function(spec: str):
     return resolve(spec, "--loss")
 
 
-def check_fit(model, loss_fn, x, y, model_name: str, loss_name: str) -> None:
+def check_fit(model, loss_fn, x, y, model_name: str, loss_name: str,
+              num_classes: int | None = None) -> None:
     """One forward pass of one batch before training: the model's output must fit the labels
-    under the loss (a one-line UsageError otherwise). It changes nothing: eval mode (no batch-norm
+    under the loss (a one-line UsageError otherwise); with ``num_classes``, a classifier must give
+    exactly that many logits. It changes nothing: eval mode (no batch-norm
     statistics updated), no gradient, the RNG states restored (dropout draws nothing for later)."""
     was = model.training
     model.eval()
@@ -145,6 +147,11 @@ def check_fit(model, loss_fn, x, y, model_name: str, loss_name: str) -> None:
             from None
     finally:
         model.train(was)
+    if num_classes is not None and loss_fn is F.cross_entropy and \
+            (out.dim() != 2 or out.shape[1] != num_classes):
+        raise UsageError(f"--model {model_name} does not fit the data under --loss {loss_name}: "
+                         f"output {tuple(out.shape)}, expected (batch, {num_classes}) for "
+                         f"{num_classes} classes")
     if not (isinstance(value, torch.Tensor) and value.numel() == 1):
         raise UsageError(f"--loss {loss_name}: must return a scalar tensor, got "
                          f"{type(value).__name__}")

@@ -52,6 +52,11 @@ def test_model_and_fit():
                                                    "function 'nope'"),
     (lambda: models.build("blobs:not_a_module", (4,), 3), "returned str, expected a torch.nn.Module"),
     (lambda: models.build("blobs:mlp", (4,), 3, depth=2), "--model blobs:mlp: cannot build it"),
+    (lambda: user.check_fit(models.build("blobs:wrong_outputs", (4,), 3),
+                            user.loss_function("cross_entropy"), torch.randn(2, 4),
+                            torch.tensor([0, 2]), "blobs:wrong_outputs", "cross_entropy", 3),
+     "--model blobs:wrong_outputs does not fit the data under --loss cross_entropy: output (2, 7), "
+     "expected (batch, 3) for 3 classes"),
     (lambda: data.load("blobs:not_a_pair", None), "returned int, expected (train, test)"),
     (lambda: user.loss_function("hinge"), "--loss hinge: expected cross_entropy, mse or "
                                           "MODULE:FUNCTION"),
