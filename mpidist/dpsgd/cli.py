@@ -1,5 +1,5 @@
 """``python -m mpidist.dpsgd``: the flags (shared vocabulary from :mod:`mpidist.cli` plus the
-graph) and ``main``."""
+graph; ``--model``/``--data``/``--loss`` also take a user's ``MODULE:FUNCTION``) and ``main``."""
 from __future__ import annotations
 
 from .. import cli, runtime, topology
@@ -20,7 +20,9 @@ def build_parser() -> cli.ArgumentParser:
         "x_i <- sum_j W_ij x_j - eta g_i(x_i).",
         get("dpsgd").paper, README))
     g = cli.training(p, "D-PSGD (Algorithm 1)", default_steps=DEFAULT_STEPS, unit="iterations k")
-    cli.model_flags(g, default="cnn", what="the network whose parameters are x")
+    cli.model_flags(g, default="cnn", what="the network whose parameters are x (a name, or "
+                    "your own MODULE:FUNCTION(in_shape, num_classes, **model_args))")
+    cli.loss_flag(g)
     cli.lr_flags(g, default=0.1, what="eta, the step size of line 5")
     g.add_argument("--batch-size", type=cli.positive_int, default=16, metavar="M",
                    help="mini-batch size of each worker's stochastic gradient (default 16)")

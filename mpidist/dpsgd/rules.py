@@ -29,17 +29,18 @@ def mix_step(X, W, G, eta: float):
     return W @ X - eta * G
 
 
-def mix_into(x: torch.Tensor, w_self: float, neighbours, g: torch.Tensor,
-             eta: float) -> torch.Tensor:
+def mix_into(x: torch.Tensor, w_self: float, neighbours, g: torch.Tensor | None = None,
+             eta: float = 0.0) -> torch.Tensor:
     """Algorithm 1 lines 4-5 for one worker, in place: ``x <- W_ii x + sum_j W_ij x_j - eta g``.
 
     ``neighbours``: (W_ij, x_j) pairs, in a fixed order (rank order: every run adds alike, so a
     resumed run is bitwise equal to an uninterrupted one). ``g`` is the gradient taken at the
-    ``x`` this call receives (before mixing). Returns ``x``."""
+    ``x`` this call receives (before mixing); ``g=None``: line 4 only, the mix (a user's optimizer
+    then applies the gradient, :class:`mpidist.dpsgd.DPSGD`). Returns ``x``."""
     x.mul_(float(w_self))
     for w, xj in neighbours:
         x.add_(xj, alpha=float(w))
-    return x.add_(g, alpha=-float(eta))
+    return x if g is None else x.add_(g, alpha=-float(eta))
 
 
 def consensus_distance(X) -> np.ndarray:

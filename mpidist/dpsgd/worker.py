@@ -1,10 +1,9 @@
 """One D-PSGD worker's iteration (Algorithm 1 lines 2-5): post the model exchange, compute the
 local stochastic gradient while the models fly, then mix and step.
 
-Usable from a user's own training script: ``FlatParams(model)`` gives the model as one flat
-buffer, ``Worker(comm, topology.build(n, (n,), "ring", 0, "metropolis"), rank, fp.numel)``, and
-each iteration ``worker.step(fp.params, gradient, eta)`` with a ``gradient()`` that runs the
-forward/backward pass and returns ``(fp.grads, anything)``.
+:meth:`Worker.step` does the whole iteration around a ``gradient()`` callback; :meth:`Worker.post`,
+:meth:`Worker.wait` and :meth:`Worker.mix` are its three parts, which the optimizer of a user's
+script (:class:`mpidist.dpsgd.DPSGD`) calls around the user's own forward/backward pass.
 """
 from __future__ import annotations
 
@@ -26,13 +25,25 @@ class Worker:
         self.weights = [float(topo.W[i, j]) for j in self.peers]
         self.exchange = NeighbourExchange(comm, self.peers, numel, dtype, device)
 
+    def post(self, x: torch.Tensor) -> None:
+        """Line 4, first half: send x_k (a snapshot) to the neighbours, post their receives."""
+        self.exchange.post(x)
+
+    def wait(self) -> list[torch.Tensor]:
+        """Line 4, second half: the neighbours' x_k, in the order of ``peers``."""
+        return self.exchange.wait()
+
+    def mix(self, x: torch.Tensor, received, g: torch.Tensor | None, eta: float) -> torch.Tensor:
+        """Lines 4-5 in place: ``x <- W_ii x + sum_j W_ij x_j - eta g`` (``g=None``: the mix
+        only)."""
+        return rules.mix_into(x, self.w_self, zip(self.weights, received), g, eta)
+
     def step(self, x: torch.Tensor, gradient, eta: float):
         """One iteration, ``x`` (this worker's x_k, flat) updated in place to x_{k+1}:
         send x_k to the neighbours and receive theirs (line 4, nonblocking), ``gradient()`` ->
         ``(g, out)`` with g = g_i(x_k) (line 3, computed meanwhile), then
         ``x <- W_ii x + sum_j W_ij x_j - eta g`` (lines 4-5). Returns ``out`` (e.g. the loss)."""
-        self.exchange.post(x)
+        self.post(x)
         g, out = gradient()
-        received = self.exchange.wait()
-        rules.mix_into(x, self.w_self, zip(self.weights, received), g, eta)
+        self.mix(x, self.wait(), g, eta)
         return out
