@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from . import data, models, user
 from .errors import UsageError
@@ -48,6 +49,17 @@ class Task:
     def loss(self, output, target) -> torch.Tensor:
         return self.loss_fn(output, target)
 
+    def _summed_loss(self, out, y) -> float:
+        """The loss summed over a batch: exactly (sum reduction) for the built-in losses, so
+        that the mean over the test set equals :func:`mpidist.metrics.evaluate`'s; a user's
+        loss as its value times the batch size."""
+        if self.loss_name == "cross_entropy":
+            return float(F.cross_entropy(out, y, reduction="sum"))
+        if self.loss_name == "mse":
+            return float(F.mse_loss(out, y.reshape(out.shape).to(out.dtype), reduction="sum")) \
+                / max(1, out[0].numel())
+        return float(self.loss_fn(out, y)) * len(y)
+
     @torch.no_grad()
     def evaluate(self, model: torch.nn.Module, device="cpu", batch_size: int = 512):
         """(accuracy in [0, 1], or nan for a regression; mean loss per sample) on the test set,
@@ -59,7 +71,7 @@ class Task:
             xb = self.test.x[i:i + batch_size].to(device)
             yb = self.test.y[i:i + batch_size].to(device)
             out = model(xb)
-            total += float(self.loss_fn(out, yb)) * len(yb)
+            total += self._summed_loss(out, yb)
             if self.classification:
                 correct += int((out.argmax(1) == yb).sum())
         model.train(was)

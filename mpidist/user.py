@@ -57,7 +57,8 @@ def build_model(spec: str, in_shape, num_classes: int, **kw) -> torch.nn.Module:
     try:
         model = fn(tuple(in_shape), num_classes, **kw)
     except TypeError as e:
-        raise UsageError(f"--model {spec}: cannot build it ({e})") from None
+        flags = " ".join([f"--model {spec}"] + [f"--model-arg {k}={v}" for k, v in kw.items()])
+        raise UsageError(f"{flags}: cannot build it ({e})") from None
     if not isinstance(model, torch.nn.Module):
         raise UsageError(f"--model {spec}: returned {type(model).__name__}, expected a "
                          "torch.nn.Module")

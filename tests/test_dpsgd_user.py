@@ -274,7 +274,8 @@ BAD_MESSAGES = {
     "model_no_module": "--model nosuchmod:build: cannot import module 'nosuchmod'",
     "model_no_function": "--model blobs:nope: module 'blobs' has no function 'nope'",
     "model_not_module": "--model blobs:not_a_module: returned str, expected a torch.nn.Module",
-    "model_arg_refused": "--model blobs:mlp: cannot build it (mlp() got an unexpected keyword "
+    "model_arg_refused": "--model blobs:mlp --model-arg depth=2: cannot build it (mlp() got an "
+                         "unexpected keyword "
                          "argument 'depth')",
     "model_does_not_fit": "--model blobs:wrong_outputs does not fit the data under --loss mse: "
                           "inputs (2, 4), output (2, 7), labels (2,)",

@@ -51,7 +51,8 @@ def test_model_and_fit():
     (lambda: models.build("blobs:nope", (4,), 3), "--model blobs:nope: module 'blobs' has no "
                                                    "function 'nope'"),
     (lambda: models.build("blobs:not_a_module", (4,), 3), "returned str, expected a torch.nn.Module"),
-    (lambda: models.build("blobs:mlp", (4,), 3, depth=2), "--model blobs:mlp: cannot build it"),
+    (lambda: models.build("blobs:mlp", (4,), 3, depth=2),
+     "--model blobs:mlp --model-arg depth=2: cannot build it (mlp() got an unexpected keyword"),
     (lambda: user.check_fit(models.build("blobs:wrong_outputs", (4,), 3),
                             user.loss_function("cross_entropy"), torch.randn(2, 4),
                             torch.tensor([0, 2]), "blobs:wrong_outputs", "cross_entropy", 3),

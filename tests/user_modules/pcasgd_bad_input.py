@@ -39,7 +39,8 @@ CASES = {
     "data-wrong-type": (["--model", "blobs:mlp", "--data", "blobs:not_a_pair"],
                         "--data blobs:not_a_pair: returned int, expected (train, test)"),
     "model-arg-refused": (USER + ["--model-arg", "depth=2"],
-                          "--model blobs:mlp: cannot build it (mlp() got an unexpected "
+                          "--model blobs:mlp --model-arg depth=2: cannot build it (mlp() got "
+                          "an unexpected "
                           "keyword argument 'depth')"),
     "output-does-not-fit": (["--model", "blobs:wrong_outputs", "--data", "blobs:regression",
                              "--loss", "mse"],
