@@ -47,14 +47,6 @@ def _gamma(s: str) -> float:
     return v
 
 
-def _model_arg(s: str):
-    """``cli.key_value``, saying "expected key=value" as this command always has (tests read it)."""
-    try:
-        return cli.key_value(s)
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"expected key=value, got '{s}'") from None
-
-
 def make_parser() -> cli.ArgumentParser:
     p = cli.parser("adacomm", cli.about(
         "AdaComm: local-update SGD. Every worker makes tau local SGD steps, then the models are\n"
@@ -112,9 +104,10 @@ def make_parser() -> cli.ArgumentParser:
     o.add_argument("--lr-decay-after-tau1", action=argparse.BooleanOptionalAction, default=True,
                    help="AdaComm: a due learning-rate decay waits until tau has decayed to 1 "
                         "(paper: 'first decay tau to 1, then the learning rate') (default on)")
-    m = p.add_argument_group("network")
-    cli.model_flags(m, default="cnn", what="the network every worker trains")
-    p.register("type", cli.key_value, _model_arg)  # --model-arg parses with _model_arg
+    m = p.add_argument_group("network and loss (built-in, or your own MODULE:FUNCTION)")
+    cli.model_flags(m, default="cnn", what="the network every worker trains, or your own "
+                                           "MODULE:FUNCTION(in_shape, num_classes, **model_args)")
+    cli.loss_flag(m)
     m.add_argument("--batch-size", type=cli.positive_int, default=32,
                    help="mini-batch per worker (paper: 128) (default 32)")
     cli.data_flags(p)

@@ -1,93 +1,64 @@
-"""The step of one AdaComm worker (every rank is one): a mini-batch from its shard, the schedule's
-learning rate, forward/backward, and the wrapped optimizer (local step, averaging when due); and
-the paper's grid search for tau_0, made of such steps.
+"""The step of one AdaComm worker of the command line (every rank is one): a mini-batch from its
+shard, forward/backward under the task's loss, and the wrapper (:class:`AdaComm`: the learning
+rate, the local step, the averaging when due); and the paper's grid search for tau_0, made of such
+steps.
 """
 from __future__ import annotations
 
 import math
 
-import torch.nn.functional as F
-
-from .exchange import FlatState
-from .optimizer import PeriodicAveragingSGD, Report
+from .optimizer import AdaComm, Report
 
 
 class Trainer:
-    """One rank's worker: mini-batches from its shard, the wrapped optimizer, the schedule's
-    learning rate, and the metrics of every averaging.
+    """One rank's worker: mini-batches from its shard, the model, the loss, the wrapped optimizer.
 
-    ``step`` counts the local steps since the run began; the step of a metric or trace row is the
-    0-based index of the local step it happened in (a final averaging after the last step carries
-    the step count). :meth:`begin` starts a phase (the tau0 search's trials, then training): its
-    clock and its epoch count start at 0 there, on every rank just after a barrier.
+    ``step`` counts the local steps since the run began (the wrapper's count); the step of a metric
+    or trace row is the 0-based index of the local step it happened in (a final averaging after the
+    last step carries the step count). ``loss_fn(output, target)``: the task's loss.
     """
 
-    def __init__(self, run, model, state: FlatState, shard, n_train: int, batch_size: int):
-        self.run, self.model, self.state, self.shard = run, model, state, shard
-        self.opt: PeriodicAveragingSGD | None = None
+    def __init__(self, run, ada: AdaComm, shard, loss_fn, n_train: int, batch_size: int):
+        self.run, self.ada, self.shard, self.loss_fn = run, ada, shard, loss_fn
+        self.model = ada.model
         self.samples_per_step = batch_size * run.world_size  # all workers together
         self.n_train = n_train
-        self.step = 0
-        self.start_step = 0
-        self.offset = 0.0
 
     @property
     def steps_per_epoch(self) -> float:
         return self.n_train / self.samples_per_step
 
-    def epoch(self) -> float:
-        """Epochs of this phase: passes over the training set by all workers together."""
-        return (self.step - self.start_step) / self.steps_per_epoch
-
-    def begin(self) -> None:
-        self.run.comm.barrier()
-        self.offset = self.run.comm.clock()
-        self.start_step = self.step
-
-    def clock(self) -> float:
-        """This rank's seconds since :meth:`begin` (only ever used averaged over the ranks)."""
-        return self.run.comm.clock() - self.offset
+    @property
+    def step(self) -> int:
+        return self.ada.steps
 
     # -------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict:
-        return {"wrapper": self.opt.state_dict(), "shard": self.shard.state_dict(),
-                "step": self.step, "start_step": self.start_step, "offset": self.offset}
+        return {"adacomm": self.ada.state_dict(), "shard": self.shard.state_dict()}
 
     def load_state_dict(self, d: dict) -> None:
-        """Continue a checkpointed run: same model, momenta, schedule, data position, step
-        count and training clock (the runtime continues the run's clock from the checkpoint)."""
-        self.opt.load_state_dict(d["wrapper"])
+        """Continue a checkpointed run: same model, momenta, schedule, data position, step count
+        and training clock (the runtime continues the run's clock from the checkpoint). Takes
+        the checkpoints of before the wrapper too (``step``, ``start_step``, ``offset`` beside
+        ``wrapper``)."""
+        if "adacomm" not in d:
+            d = {"shard": d["shard"], "adacomm": {
+                "method": self.ada.method, "numel": self.ada.state.x.numel(),
+                "wrapper": d["wrapper"], "steps": d["step"], "phase_start": d["start_step"],
+                "offset": d["offset"]}}
+        self.ada.load_state_dict(d["adacomm"])
         self.shard.load_state_dict(d["shard"])
-        self.step, self.start_step, self.offset = d["step"], d["start_step"], d["offset"]
 
     # -------------------------------------------------------------- the step
     def one_step(self) -> Report | None:
-        """Local step ``self.step`` (then the averaging, when due); the trace's step of its rows
-        is set by ``Run.step_done``. Returns the averaging's :class:`Report`, else None."""
-        sched, opt = self.opt.schedule, self.opt
-        lr = sched.lr_for(self.epoch())
-        if lr != opt.opt.param_groups[0]["lr"]:
-            opt.set_lr(lr)
-            self.run.metric(self.step, "lr", lr)
+        """Local step ``self.step`` (then the averaging, when due). Returns the averaging's
+        :class:`Report`, else None. The caller marks the step done (``Loop.end_step`` or
+        ``Run.step_done``)."""
         x, y = self.shard.next()
-        self.state.zero_grad()
-        loss = F.cross_entropy(self.model(x), y)
+        self.ada.zero_grad()
+        loss = self.loss_fn(self.model(x), y)
         loss.backward()
-        rep = opt.step(loss, self.step)
-        self.run.step_done(self.step)
-        self.step += 1
-        return rep
-
-    def log(self, rep: Report) -> None:
-        """The metrics of an averaging step (the same on every rank)."""
-        run = self.run
-        run.metric(rep.step, "train_loss", rep.F)
-        run.metric(rep.step, "train_time", rep.time)
-        if rep.interval is not None:
-            r = rep.interval
-            for name, v in (("interval", r.index), ("interval_time", r.time), ("F", r.F),
-                            ("tau", r.tau), ("lr", r.lr)):
-                run.metric(rep.step, name, v)
+        return self.ada.step(loss)
 
 
 def search_tau0(trainer: Trainer, candidates, epochs: float) -> tuple[int, list]:
@@ -99,31 +70,38 @@ def search_tau0(trainer: Trainer, candidates, epochs: float) -> tuple[int, list]
     ``(F(x_1) - F_end) / seconds``, with F_end the workers' mean loss over the trial's last epoch:
     the fastest decay rate, the criterion AdaComm applies to each interval (Fig. 4). Every
     quantity comes out of the averaging allreduce, so all ranks pick the same tau. Model, local and
-    block momentum are restored after each trial. Returns (tau0, [(tau, F_end, seconds, rate)]).
+    block momentum are restored after each trial; the trials' averagings are not logged as training
+    metrics. Returns (tau0, [(tau, F_end, seconds, rate)]).
     """
-    run, opt, sched = trainer.run, trainer.opt, trainer.opt.schedule
+    run, ada = trainer.run, trainer.ada
+    opt, sched = ada.opt, ada.schedule
     method = sched.method
-    x1 = trainer.state.model_state.clone()
+    x1 = ada.state.model_state.clone()
     spe = max(1, round(trainer.steps_per_epoch))
     rows, F0 = [], None
-    for tau in candidates:
-        trainer.state.model_state.copy_(x1)
-        opt.restart()
-        opt.set_window(spe)
-        sched.reset(tau, "pasgd")
-        steps = max(1, math.ceil(epochs * spe / tau)) * tau
-        trainer.begin()
-        rep = None
-        for _ in range(steps):
-            rep = trainer.one_step() or rep
-        F0 = sched.F0 if F0 is None else F0
-        rate = (F0 - rep.F) / max(rep.time, 1e-9)
-        rows.append((tau, rep.F, rep.time, rate))
-        for name, v in (("search_tau", tau), ("search_F", rep.F), ("search_seconds", rep.time),
-                        ("search_rate", rate)):
-            run.metric(trainer.step, name, v)
+    logging, ada.metrics = ada.metrics, False   # trials: no train_loss rows (lr rows stay)
+    try:
+        for tau in candidates:
+            ada.state.model_state.copy_(x1)
+            opt.restart()
+            opt.set_window(spe)
+            sched.reset(tau, "pasgd")
+            steps = max(1, math.ceil(epochs * spe / tau)) * tau
+            ada.begin()
+            rep = None
+            for _ in range(steps):
+                rep = trainer.one_step() or rep
+                run.step_done(trainer.step - 1)
+            F0 = sched.F0 if F0 is None else F0
+            rate = (F0 - rep.F) / max(rep.time, 1e-9)
+            rows.append((tau, rep.F, rep.time, rate))
+            for name, v in (("search_tau", tau), ("search_F", rep.F),
+                            ("search_seconds", rep.time), ("search_rate", rate)):
+                run.metric(trainer.step, name, v)
+    finally:
+        ada.metrics = logging
     best = max(rows, key=lambda r: (r[3], -r[0]))[0]
-    trainer.state.model_state.copy_(x1)
+    ada.state.model_state.copy_(x1)
     opt.restart()
     sched.reset(best, method)
     return best, rows
