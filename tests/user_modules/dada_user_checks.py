@@ -61,7 +61,11 @@ def bad_input(out: str, rank: int) -> None:
                 dada.main(argv + ["--trace-dir", tdir, "--steps", "4", "--batch-size", "32"])
             except SystemExit as e:
                 code = e.code
-        left = os.path.exists(tdir) and bool(os.listdir(tdir))
+        MPI.COMM_WORLD.Barrier()  # rank 0 may still be removing the refused run's directory
+        try:
+            left = bool(os.listdir(tdir))
+        except FileNotFoundError:
+            left = False
         lines = [ln for ln in err.getvalue().splitlines() if ln.strip()]
         # every rank's own stderr: only rank 0 may have written
         got = MPI.COMM_WORLD.gather((code, left, lines), root=0)

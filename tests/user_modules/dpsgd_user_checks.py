@@ -67,7 +67,11 @@ def bad_input(out: str, rank: int) -> None:
                 dpsgd.main(argv + ["--trace-dir", tdir, "--steps", "4", "--quiet"])
             except SystemExit as e:
                 code = e.code
-        left = os.path.exists(tdir) and bool(os.listdir(tdir))
+        MPI.COMM_WORLD.Barrier()  # rank 0 may still be removing the refused run's directory
+        try:
+            left = bool(os.listdir(tdir))
+        except FileNotFoundError:
+            left = False
         lines = [ln for ln in err.getvalue().splitlines() if ln.strip()]
         got = MPI.COMM_WORLD.gather((code, left, lines), root=0)
         if rank == 0:
