@@ -59,6 +59,27 @@ def parse_k(s: str):
     return "log2" if s == "log2" else cli.positive_int(s)
 
 
+def arch(s: str) -> str:
+    """``--model``: a built-in pair of networks; a ``MODULE:FUNCTION`` is pointed to the flags
+    of MD-GAN's two networks."""
+    if ":" in s:
+        raise argparse.ArgumentTypeError(
+            f"MD-GAN trains two networks: give --generator MODULE:FUNCTION and --discriminator "
+            f"MODULE:FUNCTION instead of --model {s} (--model names a built-in pair: "
+            f"{', '.join(gan_models.ARCHS)})")
+    if s not in gan_models.ARCHS:
+        raise argparse.ArgumentTypeError(f"invalid choice: '{s}' (choose from "
+                                         f"{', '.join(gan_models.ARCHS)})")
+    return s
+
+
+def spec(s: str) -> str:
+    """``MODULE:FUNCTION`` of ``--generator`` / ``--discriminator``."""
+    if ":" not in s or s.startswith(":") or s.endswith(":"):
+        raise argparse.ArgumentTypeError(f"expected MODULE:FUNCTION, got '{s}'")
+    return s
+
+
 def build_parser() -> cli.ArgumentParser:
     p = cli.parser(ALGORITHM, ABOUT)
     g = cli.training(p, "MD-GAN (names as in the paper, Table I)", unit="iterations")
@@ -91,17 +112,26 @@ def build_parser() -> cli.ArgumentParser:
                    help="Adam beta1 of both sides (default 0.5, as the Keras ACGAN)")
     g.add_argument("--beta2", type=cli.unit_float, default=0.999,
                    help="Adam beta2 of both sides (default 0.999)")
-    g.add_argument("--model", "--arch", dest="model", choices=list(gan_models.ARCHS),
-                   default="small",
+    g.add_argument("--model", "--arch", dest="model", type=arch, default="small",
+                   metavar="{" + ",".join(gan_models.ARCHS) + "}",
                    help="G and D: small (CPU default, 16x16), mlp and cnn-mnist (the paper's "
                         "MNIST networks, 28x28), cnn-cifar (the paper's CIFAR-10 networks, "
                         "3x32x32) (default small)")
+    g.add_argument("--generator", type=spec, default=None, metavar="MODULE:FUNCTION",
+                   help="your G instead of --model's: FUNCTION(latent_dim, out_shape, "
+                        "num_classes) -> nn.Module, called G(z, labels) (ACGAN) or G(z) "
+                        "(--gan plain), returning samples of out_shape (mpidist/mdgan/README.md)")
+    g.add_argument("--discriminator", type=spec, default=None, metavar="MODULE:FUNCTION",
+                   help="your D instead of --model's: FUNCTION(in_shape, num_classes) -> "
+                        "nn.Module, D(x) -> logits [n, 1 + num_classes] (column 0 real/fake, "
+                        "then the classes; num_classes is 0 with --gan plain)")
     g.add_argument("--gan", choices=["acgan", "plain"], default="acgan",
                    help="acgan: D also predicts the class, G is conditioned on it (the paper's "
                         "setting); plain: real/fake only (default acgan)")
-    g.add_argument("--latent", type=cli.positive_int, default=None,
-                   help="l, the size of the noise vectors (default: the architecture's, 64 "
-                        "small, 100 for the paper's)")
+    g.add_argument("--latent-size", "--latent", dest="latent", type=cli.positive_int,
+                   default=None, metavar="N",
+                   help="l, the size of the noise vectors (default: --model's, 64 small, 100 "
+                        "for the paper's; also given to --generator's FUNCTION)")
     g.add_argument("--gen-loss", choices=["nonsaturating", "saturating"],
                    default="nonsaturating",
                    help="B~ for G: -log D(G(z)) (default) or the paper's log(1 - D(G(z)))")

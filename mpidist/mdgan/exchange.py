@@ -10,7 +10,10 @@ MD-GAN (Algorithm 1), in every global iteration i (the trace's step is i):
   (:meth:`ServerLinks.collect`);
 - with crashes, before each swap: C -> live W_n the live workers as a mask of N+1 int32, tag 15,
   channel ``membership``;
-- SWAP: W -> W, theta_n (|theta| values), tag 16, channel ``swap``, never through the server.
+- SWAP: W -> W, theta_n (|theta| values), tag 16, channel ``swap``, never through the server;
+- the Python API only (:class:`~mpidist.mdgan.MDGAN` with ``share_discriminator``), once before
+  the first iteration: W_1 -> W_n theta_1, tag 17, channel ``init``, so that every D_n starts
+  from the same theta (Section IV-A) whatever each worker's script built.
 
 FL-GAN (Section III-c), once per round of E local epochs: C -> W_n (w, theta) and, at the round's
 end, W_n -> C (w_n, theta_n), tags 21 and 22, channel ``fl_params``. A round is one exchange
@@ -25,6 +28,7 @@ import torch
 from ..comm import waitall
 
 TAG_XG, TAG_XD, TAG_FEEDBACK, TAG_NOTICE, TAG_MEMBERSHIP, TAG_SWAP = 11, 12, 13, 14, 15, 16
+TAG_INIT = 17
 TAG_FL_W, TAG_FL_THETA = 21, 22
 NO_DEADLINE = float("inf")  # waits that last as long as the others compute (a round, an idle rank)
 
@@ -133,6 +137,15 @@ class WorkerLinks:
         hs = self.comm.isend(theta, to, TAG_SWAP, "swap", snapshot=False)
         waitall([hr, hs])
         return self.swap_buf
+
+
+def share_initial_theta(comm, theta: torch.Tensor, num_workers: int) -> None:
+    """Worker 1's theta to workers 2..N (channel ``init``), received into their ``theta``; the
+    server takes no part. Called by every worker."""
+    if comm.rank == 1:
+        waitall([comm.isend(theta, n, TAG_INIT, "init") for n in range(2, num_workers + 1)])
+    elif comm.rank > 1:
+        comm.irecv(theta, 1, TAG_INIT, "init").wait()
 
 
 def round_step(handles: list, end: int) -> list:

@@ -129,6 +129,12 @@ def table3_bytes(mode: str, num_workers: int, b: int, d: int, theta: int, w: int
 
 # =============================================================================== losses
 
+def generate(G, z, labels=None):
+    """G's samples: ``G(z, labels)`` for a conditional (ACGAN) generator, ``G(z)`` for a plain
+    one (``labels`` None)."""
+    return G(z) if labels is None else G(z, labels)
+
+
 def _rf(out):
     return out[:, 0]
 
@@ -187,7 +193,7 @@ def assemble_grad(grad_x: torch.Tensor, feedbacks: dict, k: int, b: int) -> torc
 def reference_generator_grad(G, Ds: dict, z, labels, k: int, b: int, saturating: bool = False):
     """The same gradient computed in one process by autograd (tests): d/dw (1/N) sum_n
     B~_n(G(z)[batch g_n]) with every D_n at hand. Returns the flat gradient of w."""
-    x = G(z, labels)
+    x = generate(G, z, labels)
     loss = 0.0
     for n, D in Ds.items():
         g, _ = distribute(n, k)

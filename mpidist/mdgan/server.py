@@ -6,21 +6,23 @@ import torch
 
 from ..comm import FlatParams, waitall
 from .exchange import ServerLinks, server_round
-from .rules import assemble_grad, distribute, fake_labels, swap_due
+from .rules import assemble_grad, distribute, fake_labels, generate, swap_due
 
 
 class MDGANServer:
     """CENTRALSERVER(k, I) of Algorithm 1, holding G (parameters w) and its Adam state.
 
-    After an iteration, ``fpG.grads`` holds Delta w (the Adam step does not clear it), ``last_z``
-    and ``last_labels`` the noise and class codes of K, ``last_received`` the workers whose F_n
-    arrived; ``live`` is the set of workers that have not stopped."""
+    ``setup``: the run's :class:`~mpidist.mdgan.context.Config`; ``G``: the generator, called
+    ``G(z, labels)`` (``G(z)`` for a plain GAN). After an iteration, ``fpG.grads`` holds Delta w
+    (the Adam step does not clear it), ``last_z`` and ``last_labels`` the noise and class codes
+    of K, ``last_received`` the workers whose F_n arrived; ``live`` is the set of workers that
+    have not stopped."""
 
     def __init__(self, setup, run, G):
-        a, dev = setup.args, setup.device
+        dev = setup.device
         self.setup, self.run, self.G = setup, run, G
         self.fpG = FlatParams(G)
-        self.opt = setup.adam(G, a.lr_g)
+        self.opt = setup.adam(G, setup.lr_g)
         self.k, self.b, self.N = setup.k, setup.b, setup.N
         self.workers = list(range(1, self.N + 1))
         self.live = set(self.workers)
@@ -38,14 +40,14 @@ class MDGANServer:
         k, b = self.k, self.b
         stopped, received = [], []
         if self.live:
-            z = torch.randn(k * b, G.latent, device=s.device)
+            z = torch.randn(k * b, s.latent, device=s.device)
             labels = None
             if s.num_classes:
-                labels = torch.cat([fake_labels(s.args.seed, i, j, b, s.num_classes)
+                labels = torch.cat([fake_labels(s.seed, i, j, b, s.num_classes)
                                     for j in range(k)]).to(s.device)
-            X = G(z, labels)                                       # K = {X^(1..k)}
+            X = generate(G, z, labels)                             # K = {X^(1..k)}
             sends, fbs = self.links.send_batches(X.detach(), self.live, self.batches, b)
-            received, stopped = self.links.collect(fbs, i, s.args.comm_timeout)
+            received, stopped = self.links.collect(fbs, i, s.comm_timeout)
             for n in stopped:
                 self.live.discard(n)
                 run.metric(i, "crash", n)
@@ -60,7 +62,7 @@ class MDGANServer:
             self.last_z, self.last_labels = z, labels
         self.last_received = received
         run.metric(i, "live_workers", len(self.live))
-        if s.crashes and self.live and swap_due(i, s.args.E, s.m, b):
+        if s.crashes and self.live and swap_due(i, s.E, s.m, b):
             self.links.send_membership(self.live)                  # who takes part in SWAP
         return stopped
 

@@ -21,8 +21,9 @@ from ..loop import Loop
 from .context import Setup, params_sha256
 from .exchange import NO_DEADLINE
 from .scoring import Scoring
-from .server import FLGANServer, MDGANServer
-from .worker import FLGANWorker, LocalGAN, MDGANWorker
+from .server import FLGANServer
+from .worker import FLGANWorker, LocalGAN
+from .wrapper import MDGAN
 
 MEET_EVERY = 10  # the ranks agree on a stop signal every this many iterations
 
@@ -67,50 +68,62 @@ def _history(scoring: Scoring, saved: dict) -> None:
     scoring.history[:] = [tuple(h) for h in saved["history"]]
 
 
-def mdgan_server(setup: Setup, run, G, scoring: Scoring) -> list:
-    """Algorithm 1's server; returns the modules of its result (G)."""
+def _shown(s: dict) -> dict:
+    """What the progress line shows of a scoring (nothing when the run has no scores)."""
+    return {k: s[k] for k in ("score", "fid", "acc") if k in s}
+
+
+def mdgan_server(setup: Setup, run, G, scoring: Scoring, D=None) -> dict:
+    """Algorithm 1's server, on the Python API's :class:`MDGAN`: built from the flags' values as
+    a user's script builds it when the networks are the user's (``D``: the one this rank built,
+    only counted), else around the built-in G. Returns the modules of its result (G)."""
     a, k, b = setup.args, setup.k, setup.b
-    server = MDGANServer(setup, run, G)
+    if setup.user_nets:
+        md = MDGAN(run, G, D, setup.gan_train(), **setup.api_keywords())
+        nets = setup.describe(G, D)
+    else:
+        md = MDGAN.from_config(run, setup, generator=G)
+        nets = setup.describe(G, setup.models()[1])
     run.say(f"MD-GAN: server + N = {setup.N} workers, k = {k}, b = {b}, L = {a.L}, E = {a.E}, "
             f"I = {setup.steps}, {a.gan} on {setup.train.name} {setup.shape} "
             f"({setup.m} samples per worker, swap every {setup.per_swap} iterations)",
-            setup.describe(G, setup.models()[1]), f"scores: {scoring.what}")
+            nets, f"scores: {scoring.what}")
     if setup.crashes:
         run.say("crash schedule (iteration: worker rank): "
                 + ", ".join(f"{t}: {w}" for t, w in setup.crashes))
-    _restore(run, lambda s: (server.load_state_dict(s["server"]), _history(scoring, s)))
-    loop = _loop(run, setup, lambda: {"server": server.state_dict(),
-                                      "history": list(scoring.history)}, meet_every=MEET_EVERY)
+    _restore(run, lambda s: (md.load_state_dict(s), _history(scoring, s)))
+    loop = _loop(run, setup, lambda: {**md.state_dict(), "history": list(scoring.history)},
+                 meet_every=MEET_EVERY)
     for i in loop:
-        server.iteration(i)
-        shown = {"live": len(server.live)}
+        live = md.step(i)["live"]
+        shown = {"live": live}
         if setup.scored(i):
-            s = scoring(i, len(server.live))
-            shown = {"score": s["score"], "fid": s["fid"], **shown}
-        if loop.end_step(i, force=setup.scored(i), **shown):
+            shown = {**_shown(scoring(i, live)), **shown}
+        if loop.end_step(i, force=setup.scored(i) and scoring.enabled, **shown):
             break
-    server.finish()
-    return [G]
+    md.finish()
+    return {"generator": G}
 
 
-def mdgan_worker(setup: Setup, run) -> MDGANWorker:
-    """Algorithm 1's worker. Once stopped (emulated crash) it sends nothing more and idles: it
-    waits for the job's agreements without a deadline."""
-    worker = MDGANWorker(setup, run)
-    _restore(run, lambda s: worker.load_state_dict(s["worker"]))
-    loop = _loop(run, setup, lambda: {"worker": worker.state_dict()}, meet_every=MEET_EVERY)
+def mdgan_worker(setup: Setup, run, G=None, D=None) -> dict:
+    """Algorithm 1's worker, on the Python API's :class:`MDGAN` (the user's ``D``; None: the
+    built-in one, the same on every worker). Once stopped (emulated crash) it sends nothing more
+    and idles: it waits for the job's agreements without a deadline. Returns its D_n."""
+    if setup.user_nets:
+        md = MDGAN(run, G, D, setup.gan_train(), **setup.api_keywords())
+    else:
+        md = MDGAN.from_config(run, setup)
+    _restore(run, md.load_state_dict)
+    loop = _loop(run, setup, md.state_dict, meet_every=MEET_EVERY)
     for i in loop:
-        if not worker.stopped:
-            worker.iteration(i)
-        if worker.stopped:
-            run.comm.timeout = NO_DEADLINE
+        md.step(i)
         if loop.end_step(i):
             break
-    return worker
+    return {"discriminator": md.discriminator}
 
 
-def flgan_server(setup: Setup, run, G, scoring: Scoring) -> list:
-    """FL-GAN's server: one averaging per round. Returns [G, D]."""
+def flgan_server(setup: Setup, run, G, scoring: Scoring) -> dict:
+    """FL-GAN's server: one averaging per round. Returns G and D."""
     a, ends = setup.args, setup.round_ends
     server = FLGANServer(setup, run, G)
     run.say(f"FL-GAN: server + N = {setup.N} workers, b = {setup.b}, L = {a.L}, E = {a.E} local "
@@ -124,18 +137,15 @@ def flgan_server(setup: Setup, run, G, scoring: Scoring) -> list:
     for end in [e for e in ends if e >= loop.first]:   # the server acts at round ends only
         server.round(end)
         scored = end // setup.score_every > prev // setup.score_every or end == setup.steps
-        shown = {}
-        if scored:
-            s = scoring(end, setup.N)
-            shown = {"score": s["score"], "fid": s["fid"]}
+        shown = _shown(scoring(end, setup.N)) if scored else {}
         prev = end
         if loop.end_step(end, force=scored, **shown):
             break
-    return [G, server.D]
+    return {"generator": G, "discriminator": server.D}
 
 
-def flgan_worker(setup: Setup, run) -> list:
-    """FL-GAN's worker: E local epochs per round. Returns [G, D] (its own, as last sent)."""
+def flgan_worker(setup: Setup, run) -> dict:
+    """FL-GAN's worker: E local epochs per round. Returns its G and D (as last sent)."""
     worker = FLGANWorker(setup, run)
     _restore(run, worker.load_state_dict)
     loop = _loop(run, setup, worker.state_dict, cls=RoundLoop, ends=setup.round_ends)
@@ -143,11 +153,12 @@ def flgan_worker(setup: Setup, run) -> list:
         worker.step(i)
         if loop.end_step(i):
             break
-    return [worker.G, worker.D]
+    return {"generator": worker.G, "discriminator": worker.D}
 
 
-def standalone(setup: Setup, run, G, scoring: Scoring) -> list:
-    """standalone-GAN: the same G and D trained in one process on all the data. Returns [G, D]."""
+def standalone(setup: Setup, run, G, scoring: Scoring) -> dict:
+    """standalone-GAN: the same G and D trained in one process on all the data. Returns G and
+    D."""
     a = setup.args
     _, D = setup.models()
     gan = LocalGAN(setup, G, D, 0, 1)
@@ -161,13 +172,10 @@ def standalone(setup: Setup, run, G, scoring: Scoring) -> list:
         loss_d, loss_g = gan.iteration()
         run.metric(i, "loss_d", loss_d)
         run.metric(i, "loss_g", loss_g)
-        shown = {}
-        if setup.scored(i):
-            s = scoring(i)
-            shown = {"score": s["score"], "fid": s["fid"]}
-        if loop.end_step(i, force=setup.scored(i), **shown):
+        shown = _shown(scoring(i)) if setup.scored(i) else {}
+        if loop.end_step(i, force=setup.scored(i) and scoring.enabled, **shown):
             break
-    return [G, D]
+    return {"generator": G, "discriminator": D}
 
 
 def past_end(args, start_step: int) -> str | None:
@@ -180,18 +188,27 @@ def past_end(args, start_step: int) -> str | None:
 
 def train(run) -> None:
     """One MD-GAN run of the mode and role of this rank, then the final report: every rank's
-    trace gets ``params_sha256`` of its result, rank 0 prints the scores and saves the samples."""
+    trace gets ``params_sha256`` of its result and ``task`` (the networks and data, with the
+    parameter counts), every rank of a completed run saves its networks
+    (``<run dir>/generator/rank<k>.pt``, ``<run dir>/discriminator/rank<k>.pt``), rank 0 prints
+    the scores and saves the samples."""
     a = run.args
     msg = past_end(a, run.start_step)
     if msg:
         raise UsageError(msg)
     run.trace.set_attrs(pid=os.getpid())
     setup = Setup(run)
+    run.trace.set_attrs(task=setup.task())
     fresh = run.resumed_state is None
+    user_mdgan = setup.user_nets and a.mode == "mdgan"
+    G = D = None
+    if user_mdgan:  # every rank builds G then D, as a user's script on the API does
+        G, D = setup.models()
     if run.rank == 0:  # G, and the scores (the scoring classifier may be trained first)
-        G, _ = setup.models()
+        if not user_mdgan:
+            G, _ = setup.models()
         scoring = Scoring(setup, G)
-        if fresh:  # a resumed trace has them already
+        if fresh and scoring.enabled:  # a resumed trace has them already
             run.metric(0, "score_real", scoring.real["score"])
             run.metric(0, "fid_real", scoring.real["fid"])
     run.comm.barrier(timeout=NO_DEADLINE)
@@ -201,16 +218,20 @@ def train(run) -> None:
     if a.mode == "standalone":
         result = standalone(setup, run, G, scoring)
     elif run.rank == 0:
-        role = mdgan_server if a.mode == "mdgan" else flgan_server
-        result = role(setup, run, G, scoring)
+        if a.mode == "mdgan":
+            result = mdgan_server(setup, run, G, scoring, D)
+        else:
+            result = flgan_server(setup, run, G, scoring)
     elif a.mode == "mdgan":
-        result = [mdgan_worker(setup, run).D]
+        result = mdgan_worker(setup, run, G, D)
     else:
         result = flgan_worker(setup, run)
-    digest = params_sha256(*result)
+    digest = params_sha256(*result.values())
     run.trace.set_attrs(params_sha256=digest)
+    if not run.stopped:  # a completed run: every rank's networks
+        saved = [run.save_model(module, name) for name, module in result.items()]
     if run.rank == 0 and not run.stopped:
-        png = scoring.save_grid(os.path.join(run.run_dir, "samples.png"))
+        samples = scoring.save_samples(run.run_dir)
         live = scoring.history[-1][3] if scoring.history else -1
         since = "" if fresh else "since the resume, "
         run.say(*scoring.summary(f"{a.mode}: scores of G over iterations "
@@ -219,5 +240,8 @@ def train(run) -> None:
                   if a.mode == "mdgan" else []),
                 f"final parameters ({'w' if a.mode == 'mdgan' else 'w and theta'}): "
                 f"sha256 {digest[:16]}",
-                f"samples: {png}")
-
+                f"networks: {', '.join(saved)}" + (" (and every worker's D_n under "
+                                                     "discriminator/)" if a.mode == "mdgan"
+                                                     else " (and every worker's)"
+                                                     if a.mode == "flgan" else ""),
+                f"samples: {samples}")

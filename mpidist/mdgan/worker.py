@@ -8,19 +8,23 @@ from ..comm import FlatParams
 from .context import shared_discriminator
 from .exchange import WorkerLinks, worker_round_end, worker_round_start
 from .rules import (disc_loss, distribute, error_feedback, fake_labels, flgan_round, gen_loss,
-                    swap_permutation)
+                    generate, swap_permutation)
 
 
 class MDGANWorker:
     """WORKER(C, B_n, I, L, b) and SWAP of Algorithm 1 on rank n >= 1: D_n (``fpD`` holds theta_n
-    as one flat buffer, what a swap moves), its Adam state and the data share B_n."""
+    as one flat buffer, what a swap moves), its Adam state and the data share B_n.
+
+    ``setup``: the run's :class:`~mpidist.mdgan.context.Config`; ``D``: the discriminator (None:
+    the command line's, the same on every worker, :func:`shared_discriminator`). After an
+    iteration ``loss_d`` and ``loss_g`` hold J_disc's last value and B~ of X_n^(g)."""
 
     def __init__(self, setup, run, D=None):
-        a, n = setup.args, run.rank
+        n = run.rank
         self.setup, self.run, self.n = setup, run, n
         self.D = D if D is not None else shared_discriminator(setup)
         self.fpD = FlatParams(self.D)
-        self.opt = setup.adam(self.D, a.lr_d)
+        self.opt = setup.adam(self.D, setup.lr_d)
         self.b = setup.b
         self.shard = setup.shard(n - 1, setup.N)
         self.g_idx, self.d_idx = distribute(n, setup.k)
@@ -28,6 +32,7 @@ class MDGANWorker:
                                  self.fpD.params)
         self.crash_at = {w: t for t, w in setup.crashes}.get(n)
         self.stopped = False  # set by the emulated crash
+        self.loss_d = self.loss_g = float("nan")
 
     def state_dict(self) -> dict:
         """The worker's part of a checkpoint (at the end of an iteration, after any swap): the
@@ -45,7 +50,7 @@ class MDGANWorker:
     def iteration(self, i: int) -> bool:
         """One global iteration; False once this worker has stopped (emulated crash)."""
         s, run, links = self.setup, self.run, self.links
-        nc, b, seed = s.num_classes, self.b, s.args.seed
+        nc, b, seed = s.num_classes, self.b, s.seed
         hd, hg = links.pull()                                       # X_n^(g), X_n^(d) <- Pull(C)
         x_r, y_r = self.shard.next()                                # X_n^(r)
         hd.wait()
@@ -60,7 +65,7 @@ class MDGANWorker:
             return False
         y_g = fake_labels(seed, i, self.g_idx, b, nc).to(s.device) if nc else None
         y_d = fake_labels(seed, i, self.d_idx, b, nc).to(s.device) if nc else None
-        for _ in range(s.args.L):                                   # L x DISCLEARNINGSTEP
+        for _ in range(s.L):                                        # L x DISCLEARNINGSTEP
             loss_d = disc_loss(self.D, x_r, y_r if nc else None, links.x_d, y_d)
             self.fpD.zero_grad()
             loss_d.backward()
@@ -68,7 +73,8 @@ class MDGANWorker:
         hg.wait()
         fb, loss_g = error_feedback(self.D, links.x_g, y_g, s.saturating)   # F_n
         h = links.send_feedback(fb)                                         # SEND(C, F_n)
-        run.metric(i, "loss_d", float(loss_d.detach()))
+        self.loss_d, self.loss_g = float(loss_d.detach()), loss_g
+        run.metric(i, "loss_d", self.loss_d)
         run.metric(i, "loss_g", loss_g)
         if i % s.per_swap == 0:
             self.swap(i)
@@ -80,7 +86,7 @@ class MDGANWorker:
         crashes, the live set comes from the server's membership message."""
         N = self.setup.N
         live = self.links.live_workers(N) if self.setup.crashes else list(range(1, N + 1))
-        perm = swap_permutation(live, self.setup.args.seed, i // self.setup.per_swap)
+        perm = swap_permutation(live, self.setup.seed, i // self.setup.per_swap)
         if self.n not in perm:
             return
         source = next(src for src, dst in perm.items() if dst == self.n)
@@ -94,9 +100,8 @@ class LocalGAN:
     FL-GAN's workers and the standalone baseline train it."""
 
     def __init__(self, setup, G, D, shard_rank: int, shards: int):
-        a = setup.args
         self.setup, self.G, self.D = setup, G, D
-        self.opt_g, self.opt_d = setup.adam(G, a.lr_g), setup.adam(D, a.lr_d)
+        self.opt_g, self.opt_d = setup.adam(G, setup.lr_g), setup.adam(D, setup.lr_d)
         self.shard = setup.shard(shard_rank, shards)
 
     def iteration(self) -> tuple[float, float]:
@@ -106,18 +111,18 @@ class LocalGAN:
         nc, dev = s.num_classes, s.device
         x_r, y_r = self.shard.next()
         b = len(x_r)
-        z = torch.randn(b, G.latent, device=dev)
+        z = torch.randn(b, s.latent, device=dev)
         y_d = torch.randint(nc, (b,), device=dev) if nc else None
         with torch.no_grad():
-            x_d = G(z, y_d)
-        for _ in range(s.args.L):
+            x_d = generate(G, z, y_d)
+        for _ in range(s.L):
             loss_d = disc_loss(D, x_r, y_r if nc else None, x_d, y_d)
             self.opt_d.zero_grad(set_to_none=False)
             loss_d.backward()
             self.opt_d.step()
-        z = torch.randn(b, G.latent, device=dev)
+        z = torch.randn(b, s.latent, device=dev)
         y_g = torch.randint(nc, (b,), device=dev) if nc else None
-        loss_g = gen_loss(D, G(z, y_g), y_g, s.saturating)
+        loss_g = gen_loss(D, generate(G, z, y_g), y_g, s.saturating)
         self.opt_g.zero_grad(set_to_none=False)
         loss_g.backward()
         self.opt_g.step()
