@@ -122,6 +122,24 @@ def file_sha256(path: str) -> str:
     return h.hexdigest()
 
 
+def fit_classifier(model, x, y, epochs: int, batch_size: int, lr: float, gen):
+    """Adam on cross-entropy for ``epochs`` passes of shuffled mini-batches (``gen`` draws the
+    order; an incomplete last batch is dropped); returns the model in eval mode."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    n = len(y)
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=gen)
+        for i in range(0, n - batch_size + 1, batch_size):
+            idx = order[i:i + batch_size]
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    return model
+
+
 def train_scorer(train_x, train_y, num_classes: int, test_x=None, test_y=None, epochs: int = 12,
                  batch_size: int = 64, lr: float = 1e-3, seed: int = 0):
     """Train a :class:`ScoreNet` on images in [0, 1]; returns (model in eval mode, test accuracy
@@ -130,18 +148,7 @@ def train_scorer(train_x, train_y, num_classes: int, test_x=None, test_y=None, e
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = ScoreNet(tuple(train_x.shape[1:]), num_classes)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    n = len(train_y)
-    model.train()
-    for _ in range(epochs):
-        order = torch.randperm(n, generator=gen)
-        for i in range(0, n - batch_size + 1, batch_size):
-            idx = order[i:i + batch_size]
-            loss = F.cross_entropy(model(train_x[idx]), train_y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    model.eval()
+    fit_classifier(model, train_x, train_y, epochs, batch_size, lr, gen)
     acc = float("nan")
     if test_x is not None:
         acc, _ = evaluate(model, test_x, test_y)

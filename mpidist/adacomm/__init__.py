@@ -14,7 +14,8 @@ command line), ``worker`` (one worker's step, the tau_0 grid search), ``train`` 
 from .. import models  # noqa: F401  (tests build the default network through mpidist.adacomm)
 from .cli import PRESETS, RESUME_MAY_CHANGE, _presets, check, main, make_parser  # noqa: F401
 from .exchange import CTRL, FlatState, GradientAverager, ModelAverager  # noqa: F401
-from .optimizer import AdaComm, FlatSGD, PeriodicAveragingSGD, Report  # noqa: F401
+from .optimizer import FlatSGD, PeriodicAveragingSGD, Report
+from .wrapper import AdaComm  # noqa: F401
 from .rules import (METHODS, CommSchedule, Interval, basic_tau, lr_decays_due,  # noqa: F401
                     next_tau)
 from .train import evaluate_averaged, phase_steps, train  # noqa: F401

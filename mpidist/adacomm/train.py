@@ -20,7 +20,8 @@ import torch
 from .. import checkpoint, data, task as tasks
 from ..loop import Loop
 from ..metrics import evaluate
-from .optimizer import AdaComm, Report
+from .optimizer import Report
+from .wrapper import AdaComm
 from .worker import Trainer, search_tau0
 
 

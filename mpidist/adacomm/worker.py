@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import math
 
-from .optimizer import AdaComm, Report
+from .optimizer import Report
+from .wrapper import AdaComm
 
 
 class Trainer:

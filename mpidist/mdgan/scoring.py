@@ -56,21 +56,9 @@ def train_vector_scorer(x, y, num_classes: int, test_x=None, test_y=None, steps:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = VectorScoreNet(flat.mean(0), flat.std(0), num_classes)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    n = len(y)
-    bs = min(batch_size, n)
-    per_epoch = max(1, n // bs)
-    epochs = max(12, math.ceil(steps / per_epoch))
-    model.train()
-    for _ in range(epochs):
-        order = torch.randperm(n, generator=gen)
-        for i in range(0, n - bs + 1, bs):
-            idx = order[i:i + bs]
-            loss = F.cross_entropy(model(flat[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    model.eval()
+    bs = min(batch_size, len(y))
+    epochs = max(12, math.ceil(steps / max(1, len(y) // bs)))
+    metrics.fit_classifier(model, flat, y, epochs, bs, lr, gen)
     acc = float("nan")
     if test_x is not None:
         acc, _ = metrics.evaluate(model, test_x.reshape(len(test_x), -1).float(), test_y)
