@@ -51,20 +51,34 @@ def resolve(spec: str, flag: str):
 
 
 # ------------------------------------------------------------------------------ models
+def build_module(spec: str, flag: str, call, given: str | None = None,
+                 signature: str = "") -> torch.nn.Module:
+    """``call(FUNCTION)`` for ``flag MODULE:FUNCTION``, checked to give a trainable module.
+
+    A builder that raises TypeError/ValueError/RuntimeError (wrong signature, bad keywords) is
+    refused in one line naming what was given (``given``, default ``flag spec``) and the
+    ``signature`` it was called with."""
+    fn = resolve(spec, flag)
+    try:
+        module = call(fn)
+    except (TypeError, ValueError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        called = f" as {signature}" if signature else ""
+        raise UsageError(f"{given or f'{flag} {spec}'}: cannot build it{called} ({first})") \
+            from None
+    if not isinstance(module, torch.nn.Module):
+        raise UsageError(f"{flag} {spec}: returned {type(module).__name__}, expected a "
+                         "torch.nn.Module")
+    if not any(p.requires_grad for p in module.parameters()):
+        raise UsageError(f"{flag} {spec}: the module has no trainable parameters")
+    return module
+
+
 def build_model(spec: str, in_shape, num_classes: int, **kw) -> torch.nn.Module:
     """``FUNCTION(in_shape, num_classes, **kw)`` of ``--model MODULE:FUNCTION``, checked."""
-    fn = resolve(spec, "--model")
-    try:
-        model = fn(tuple(in_shape), num_classes, **kw)
-    except TypeError as e:
-        flags = " ".join([f"--model {spec}"] + [f"--model-arg {k}={v}" for k, v in kw.items()])
-        raise UsageError(f"{flags}: cannot build it ({e})") from None
-    if not isinstance(model, torch.nn.Module):
-        raise UsageError(f"--model {spec}: returned {type(model).__name__}, expected a "
-                         "torch.nn.Module")
-    if not any(p.requires_grad for p in model.parameters()):
-        raise UsageError(f"--model {spec}: the model has no trainable parameters")
-    return model
+    flags = " ".join([f"--model {spec}"] + [f"--model-arg {k}={v}" for k, v in kw.items()])
+    return build_module(spec, "--model", lambda fn: fn(tuple(in_shape), num_classes, **kw),
+                        given=flags)
 
 
 # ------------------------------------------------------------------------------ data

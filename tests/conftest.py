@@ -7,7 +7,11 @@
   ``mpirun``, which re-exports them.)
 - Hermetic: every launch and every in-process test sees ``MPIDIST_CACHE`` in a temporary folder of
   the session (MD-GAN's scoring classifier is cached there, never in ~/.cache), and
-  ``tests/user_modules`` (a user's own model and data, outside the package) on ``PYTHONPATH``.
+  ``tests/programs`` on ``PYTHONPATH`` (and on ``sys.path``): the check programs that tests launch,
+  the reference implementations they import, and a user's own model and data outside the package.
+
+Layout: ``tests/unit`` (no multi-rank launch), ``tests/mpi`` (each test launches ranks with
+``mpiexec`` or ``srun``), ``tests/programs`` (what they launch or import).
 """
 from __future__ import annotations
 
@@ -21,22 +25,32 @@ BIN = os.path.dirname(sys.executable)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-USER_MODULES = os.path.join(REPO, "tests", "user_modules")
+PROGRAMS = os.path.join(REPO, "tests", "programs")
+sys.path.insert(0, PROGRAMS)
 
 
 @pytest.fixture(autouse=True, scope="session")
 def _hermetic(tmp_path_factory):
-    """The session's own scorer cache and the user modules' folder, for every test and launch."""
+    """The session's own scorer cache and the programs' folder, for every test and launch."""
     saved = {k: os.environ.get(k) for k in ("MPIDIST_CACHE", "PYTHONPATH")}
     os.environ["MPIDIST_CACHE"] = str(tmp_path_factory.mktemp("mpidist-cache"))
     os.environ["PYTHONPATH"] = os.pathsep.join(
-        p for p in (USER_MODULES, saved["PYTHONPATH"]) if p)
+        p for p in (PROGRAMS, saved["PYTHONPATH"]) if p)
     yield
     for k, v in saved.items():
         if v is None:
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+
+
+@pytest.fixture(autouse=True)
+def _fresh_user_modules():
+    """Each test loads a user's MODULE:FUNCTION dataset anew (mpidist.data caches them per process)."""
+    yield
+    data = sys.modules.get("mpidist.data")
+    if data is not None:
+        data._USER_CACHE.clear()
 
 
 def mpiexec() -> str:

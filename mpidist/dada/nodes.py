@@ -202,17 +202,7 @@ def load_extractor_weights(extractor, path: str, device) -> None:
 
 def _user_module(spec: str, flag: str, signature: str, *call_args) -> torch.nn.Module:
     """``FUNCTION(*call_args)`` of ``flag MODULE:FUNCTION``, checked to be a trainable module."""
-    fn = user.resolve(spec, flag)
-    try:
-        m = fn(*call_args)
-    except TypeError as e:
-        raise UsageError(f"{flag} {spec}: cannot build it as {signature} ({e})") from None
-    if not isinstance(m, torch.nn.Module):
-        raise UsageError(f"{flag} {spec}: returned {type(m).__name__}, expected a "
-                         "torch.nn.Module")
-    if not any(p.requires_grad for p in m.parameters()):
-        raise UsageError(f"{flag} {spec}: the module has no trainable parameters")
-    return m
+    return user.build_module(spec, flag, lambda fn: fn(*call_args), signature=signature)
 
 
 @torch.no_grad()

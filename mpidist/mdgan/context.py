@@ -64,27 +64,13 @@ class Config:
 
 def build_generator(spec: str, latent: int, shape, num_classes: int) -> torch.nn.Module:
     """``--generator MODULE:FUNCTION``: ``FUNCTION(latent_dim, out_shape, num_classes)``."""
-    return _built(spec, "--generator", lambda fn: fn(int(latent), tuple(shape), num_classes))
+    return user.build_module(spec, "--generator",
+                             lambda fn: fn(int(latent), tuple(shape), num_classes))
 
 
 def build_discriminator(spec: str, shape, num_classes: int) -> torch.nn.Module:
     """``--discriminator MODULE:FUNCTION``: ``FUNCTION(in_shape, num_classes)``."""
-    return _built(spec, "--discriminator", lambda fn: fn(tuple(shape), num_classes))
-
-
-def _built(spec: str, flag: str, call) -> torch.nn.Module:
-    fn = user.resolve(spec, flag)
-    try:
-        module = call(fn)
-    except (TypeError, ValueError, RuntimeError) as e:
-        raise UsageError(f"{flag} {spec}: cannot build it ({type(e).__name__}: "
-                         f"{_first_line(e)})") from None
-    if not isinstance(module, torch.nn.Module):
-        raise UsageError(f"{flag} {spec}: returned {type(module).__name__}, expected a "
-                         "torch.nn.Module")
-    if not any(p.requires_grad for p in module.parameters()):
-        raise UsageError(f"{flag} {spec}: the module has no trainable parameters")
-    return module
+    return user.build_module(spec, "--discriminator", lambda fn: fn(tuple(shape), num_classes))
 
 
 def _first_line(e: BaseException) -> str:

@@ -29,4 +29,4 @@ from .rules import (CRITERIA, VARIANTS, ParamHistory, UpdateRule, Variant,  # no
 from .train import DEFAULT_STEPS, augment_crop_flip, lr_at, train  # noqa: F401
 from .wrapper import MEET_EVERY, PCASGD  # noqa: F401
 
-_with_preset = with_preset  # the name tests/test_pcasgd.py calls
+_with_preset = with_preset  # the name tests/*/test_pcasgd.py calls

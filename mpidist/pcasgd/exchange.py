@@ -222,7 +222,7 @@ class Exchange:
         The trace row of this send carries step -1, the step of its stamp, like every reliable
         send of x_{t+1} that step t posts: the communicator stamps its rows with ``comm.step``,
         which ``Run.step_done`` sets; before step 0 nothing else can say -1, so it is set here for
-        this one send and put back (tests/test_pcasgd.py reads these rows)."""
+        this one send and put back (tests/*/test_pcasgd.py reads these rows)."""
         if self.resumed:
             return
         old = getattr(self.comm, "step", 0)

@@ -19,7 +19,7 @@ past CASE_LIMIT (bad input accepted: it trains) is stopped by SIGALRM and fails.
 
 Output: one line per case, ``PASS <name> <json>`` or ``FAIL <name> <json>`` (json: message,
 reasons, new files left in the case directory, seconds), then ``DONE <n>``. The case table is
-plain data (no torch import), so tests/test_bad_input.py reads it to name one test per case.
+plain data (no torch import), so tests/mpi/test_bad_input.py reads it to name one test per case.
 """
 from __future__ import annotations
 
@@ -342,7 +342,7 @@ def _cases() -> list[Case]:
 
 CASES = _cases()
 
-# cases known to fail (marked xfail by tests/test_bad_input.py); none left. Every refusal must
+# cases known to fail (marked xfail by tests/mpi/test_bad_input.py); none left. Every refusal must
 # also leave no new file behind: the "left" field of the results, asserted empty there.
 NEEDS_RUNTIME: set[str] = set()
 

@@ -1,4 +1,4 @@
-"""Multi-rank checks of mpidist.comm, run under mpiexec by tests/test_comm_mpi.py.
+"""Multi-rank checks of mpidist.comm, run under mpiexec by tests/mpi/test_comm_mpi.py.
 
 Each check prints one line per rank, ``PASS <name>`` or ``FAIL <name>: <why>``; expected values are
 in closed form or from a blocking mpi4py reference. Works at any world size >= 2.
