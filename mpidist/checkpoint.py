@@ -1,23 +1,32 @@
-"""Checkpoints: every rank's state at one step, written atomically; the newest complete one wins.
+"""Checkpoints: every rank's state at one step, written atomically; the newest complete one wins;
+verified and loaded without running code.
 
-Layout: ``<root>/step-<step>/rank<k>.pt`` (one per rank, ``torch.save`` of the algorithm's state
-dict) and ``<root>/step-<step>/MANIFEST.json`` (algorithm, world size, step, time), which rank 0
-writes only after every rank has saved its file. Every file is written to a temporary name in the
-same directory and renamed, so a checkpoint is either complete (it has a manifest) or ignored; a
-killed job never leaves a half-written file under a final name.
+Layout: ``<root>/step-<step>/rank<k>.pt`` (one per rank, the algorithm's state in the safe form of
+:mod:`mpidist.safe_state`: tensors, numbers, strings and containers only) and
+``<root>/step-<step>/MANIFEST.json`` (algorithm, world size, step, time, and the size and SHA-256
+of every rank file), which rank 0 writes only after every rank has saved its file. Every file is
+written to a temporary name in the same directory and renamed, so a checkpoint is either complete
+(it has a manifest) or ignored; a killed job never leaves a half-written file under a final name.
+
+Resuming (:func:`read_rank`, :func:`load_rank`): each rank reads its file, checks its size and
+SHA-256 against the manifest (a mismatch: the file was altered or torn; refused), and loads it with
+``torch.load(weights_only=True)``, which never calls a function the file names. A checkpoint of
+before the checksums (no ``files`` in its manifest) is refused unless the user passes
+``--trust-checkpoint``, which allows the full unpickle of what they trust.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import time
 
-import torch
-
+from . import safe_state
 from .errors import UsageError
 
 MANIFEST = "MANIFEST.json"
+FORMAT = 2   # manifest "format": 2 = rank files in the safe form, with sizes and SHA-256s
 RANK_KEYS = {"algorithm", "step", "t", "rng"}   # what the runtime saves in every rank<k>.pt
 RNG_KEYS = {"torch", "numpy", "random", "shared"}
 
@@ -39,22 +48,44 @@ def _atomic_write(path: str, write) -> None:
     os.replace(tmp, path)
 
 
-def save_rank(root: str, step: int, rank: int, state: dict) -> str:
-    """Write this rank's ``state`` for ``step`` (atomically); returns the step directory."""
+def _entry(data: bytes) -> dict:
+    """What the manifest records of one rank file."""
+    return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def write_rank(root: str, step: int, rank: int, state: dict) -> dict:
+    """Write this rank's ``state`` for ``step`` (atomically, in the safe form; a value that has
+    none raises safe_state.UnsafeState naming it); returns the file's manifest entry (its size
+    and SHA-256)."""
+    data = safe_state.dumps(state)
     d = step_dir(root, step)
     os.makedirs(d, exist_ok=True)
-    _atomic_write(os.path.join(d, f"rank{rank}.pt"), lambda f: torch.save(state, f))
-    return d
+    _atomic_write(os.path.join(d, f"rank{rank}.pt"), lambda f: f.write(data))
+    return _entry(data)
 
 
-def complete(root: str, step: int, algorithm: str, world_size: int, keep: int = 2) -> None:
-    """Rank 0, after every rank saved: mark the checkpoint complete, drop all but the newest
-    ``keep`` complete ones."""
+def save_rank(root: str, step: int, rank: int, state: dict) -> str:
+    """Write this rank's ``state`` for ``step`` (:func:`write_rank`); returns the step directory."""
+    write_rank(root, step, rank, state)
+    return step_dir(root, step)
+
+
+def complete(root: str, step: int, algorithm: str, world_size: int, keep: int = 2,
+             files: list[dict] | None = None) -> None:
+    """Rank 0, after every rank saved: mark the checkpoint complete (the manifest, with the size
+    and SHA-256 of every rank file: ``files[k]`` from rank k's :func:`write_rank`, or read back
+    from the files here when None), drop all but the newest ``keep`` complete ones."""
     d = step_dir(root, step)
     missing = [k for k in range(world_size) if not os.path.exists(os.path.join(d, f"rank{k}.pt"))]
     if missing:
         raise CheckpointError(f"checkpoint {d}: ranks {missing} did not save")
-    manifest = {"algorithm": algorithm, "world_size": world_size, "step": step, "time": time.time()}
+    if files is None:
+        files = []
+        for k in range(world_size):
+            with open(os.path.join(d, f"rank{k}.pt"), "rb") as f:
+                files.append(_entry(f.read()))
+    manifest = {"algorithm": algorithm, "world_size": world_size, "step": step, "time": time.time(),
+                "format": FORMAT, "files": {f"rank{k}.pt": e for k, e in enumerate(files)}}
     _atomic_write(os.path.join(d, MANIFEST), lambda f: f.write(json.dumps(manifest).encode()))
     for old in list_complete(root)[:-keep]:
         shutil.rmtree(old[0], ignore_errors=True)
@@ -136,21 +167,59 @@ def restore(comm, load) -> None:
         raise CheckpointError(errors[0])
 
 
-def load_rank(d: str, rank: int, map_location="cpu") -> dict:
-    """This rank's state from checkpoint directory ``d``."""
-    path = os.path.join(d, f"rank{rank}.pt")
+OLD_STYLE = ("written before mpidist verified its checkpoints (its {m} has no checksums); "
+             "loading it runs any code stored in it. If you trust where it comes from, resume "
+             "with --trust-checkpoint")
+
+
+def read_rank(d: str, manifest: dict, rank: int, trust: bool = False) -> bytes:
+    """The bytes of this rank's file in checkpoint ``d``, verified against ``manifest`` (its size
+    and SHA-256). A checkpoint without checksums (older than them) only with ``trust``."""
+    name = f"rank{rank}.pt"
+    files = manifest.get("files")
+    if files is None and not trust:
+        raise CheckpointError(f"--resume {d}: a checkpoint " + OLD_STYLE.format(m=MANIFEST))
+    entry = files.get(name) if isinstance(files, dict) else None
+    if files is not None and not (isinstance(entry, dict) and {"bytes", "sha256"} <= set(entry)):
+        raise CheckpointError(f"--resume {d}: corrupt {MANIFEST} (no size and SHA-256 of {name})")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
+        with open(os.path.join(d, name), "rb") as f:
+            data = f.read()
     except FileNotFoundError:
-        raise CheckpointError(f"--resume {d}: rank{rank}.pt is missing") from None
+        raise CheckpointError(f"--resume {d}: {name} is missing") from None
+    except OSError as e:
+        raise CheckpointError(f"--resume {d}: {name} cannot be read ({e.strerror})") from None
+    if entry is not None and _entry(data) != {"bytes": entry["bytes"], "sha256": entry["sha256"]}:
+        raise CheckpointError(f"--resume {d}: {name}: checksum mismatch: the checkpoint was "
+                              f"altered or torn")
+    return data
+
+
+def load_rank(d: str, rank: int, map_location="cpu", trust: bool = False,
+              data: bytes | None = None, manifest: dict | None = None) -> dict:
+    """This rank's state from checkpoint directory ``d``: ``data`` (from :func:`read_rank`), else
+    read and verified here against ``manifest`` (else the one in ``d``). Loaded with the
+    weights-only loader; ``trust`` (--trust-checkpoint) allows the full unpickle."""
+    name = f"rank{rank}.pt"
+    if data is None:
+        if manifest is None:
+            manifest = _read_manifest(os.path.join(d, MANIFEST))
+            if manifest is None:
+                raise CheckpointError(f"--resume {d}: corrupt {MANIFEST}")
+        data = read_rank(d, manifest, rank, trust)
+    try:
+        state = safe_state.loads(data, map_location, trust)
+    except safe_state.UnsafeFile as e:
+        raise CheckpointError(f"--resume {d}: {name} is refused: loading it could run code ({e}); "
+                              f"an mpidist checkpoint holds only tensors, numbers and strings") from None
     except Exception as e:  # pickle/zip errors of a damaged file
-        raise CheckpointError(f"--resume {d}: rank{rank}.pt is unreadable or corrupt "
+        raise CheckpointError(f"--resume {d}: {name} is unreadable or corrupt "
                               f"({type(e).__name__})") from None
     missing = sorted(RANK_KEYS - set(state)) if isinstance(state, dict) else sorted(RANK_KEYS)
     if not missing and isinstance(state["rng"], dict):
         missing = sorted(f"rng.{k}" for k in RNG_KEYS - set(state["rng"]))
     if missing:
-        raise CheckpointError(f"--resume {d}: rank{rank}.pt is not a checkpoint of the mpidist "
+        raise CheckpointError(f"--resume {d}: {name} is not a checkpoint of the mpidist "
                               f"runtime (no {', '.join(missing)})")
     return state
 
@@ -158,8 +227,9 @@ def load_rank(d: str, rank: int, map_location="cpu") -> dict:
 # flags a resumed run may set as it likes: where the run writes, how it talks and reports, when
 # it checkpoints and stops; none of them changes what is computed
 RUN_FLAGS = frozenset({"trace_dir", "resume", "device", "link_latency", "link_bandwidth",
-                       "comm_timeout", "flush_seconds", "progress_seconds", "quiet",
-                       "checkpoint_every", "checkpoint_seconds", "term_grace", "fail_at", "help"})
+                       "comm_timeout", "flush_seconds", "no_trace", "progress_seconds", "quiet",
+                       "checkpoint_every", "checkpoint_seconds", "term_grace", "fail_at", "help",
+                       "trust_checkpoint"})
 
 
 def resume_mismatch(saved: dict, now: dict, may_change) -> str | None:

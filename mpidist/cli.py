@@ -2,7 +2,7 @@
 
 An algorithm's ``cli.py`` builds its parser from these pieces and adds only its own flags::
 
-    p = cli.parser("pcasgd", cli.about("PC-ASGD ...", PAPER, "mpidist/pcasgd/README.md"))
+    p = cli.parser("pcasgd", "PC-ASGD: ...")      # what it is; the paper and README are added
     g = cli.training(p, "PC-ASGD (Algorithm 1)", default_steps=900)   # --steps/--epochs, --eval-every
     cli.model_flags(g, default="cnn")                                    # --model, --model-arg
     cli.lr_flags(g, default=0.1)                                         # --lr, --lr-milestones, --lr-decay
@@ -70,6 +70,16 @@ def _number(s: str, cast):
     v = cast(s)  # a ValueError becomes argparse's "invalid <type> value: 'x'"
     if cast is float and not math.isfinite(v):
         raise argparse.ArgumentTypeError(f"must be a finite number, got {s}")
+    if cast is int and abs(v) >= 2 ** 53:
+        raise argparse.ArgumentTypeError(f"must be below 2**53, got {s}")
+    return v
+
+
+def seed_int(s: str) -> int:
+    """A seed that every generator takes: rank k seeds with seed*1000+k, below 2**32."""
+    v = nonneg_int(s)
+    if v * 1000 + 999_999 >= 2 ** 32:
+        raise argparse.ArgumentTypeError(f"must be below {(2 ** 32 - 999_999) // 1000}, got {s}")
     return v
 
 
@@ -98,6 +108,20 @@ def nonneg_float(s: str) -> float:
     v = _number(s, float)
     if not v >= 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {s}")
+    return v
+
+
+def open_unit_float(s: str) -> float:
+    v = _number(s, float)
+    if not 0 < v < 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {s}")
+    return v
+
+
+def left_open_unit_float(s: str) -> float:
+    v = _number(s, float)
+    if not 0 < v <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {s}")
     return v
 
 
@@ -178,13 +202,29 @@ def about(what: str, paper: str, readme: str) -> str:
     return f"{what.strip()}\n\nPaper: {paper.strip()}\nTheory, trace channels, tests, results: {readme}"
 
 
+# the end of every --help: where mpidist runs code it does not ship (issue 20)
+USER_CODE = """\
+Code that mpidist runs but does not ship:
+  --model, --data, --loss (MD-GAN: --generator, --discriminator) MODULE:FUNCTION import MODULE
+  like any Python import, on every rank: its top-level code runs. Name only modules you trust.
+  --resume never runs code from a checkpoint (it loads tensors, numbers and strings, checked
+  against SHA-256s); --trust-checkpoint lets it, for an older checkpoint you trust.
+  The job templates in jobs/ run MPIDIST_SETUP as shell code, and the programs that
+  MPIDIST_PYTHON, MPIDIST_MPIRUN and MPIDIST_MODULE name."""
+
+
 def parser(algorithm: str, description: str) -> ArgumentParser:
-    """An argument parser with the flags every entry point shares (group "run")."""
+    """An argument parser with the flags every entry point shares (group "run"). For a registered
+    algorithm, ``description`` (what it is, a few lines) is followed by its paper and README."""
+    from .algorithms import ALGORITHMS
+    if algorithm in ALGORITHMS:
+        description = about(description, ALGORITHMS[algorithm].paper,
+                            f"mpidist/{algorithm}/README.md")
     p = ArgumentParser(prog=f"python -m mpidist.{algorithm}", description=description,
                        usage=f"mpirun -n N python -m mpidist.{algorithm} [flags]  (flags below)",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=USER_CODE)
     g = p.add_argument_group("run (shared by every mpidist algorithm)")
-    g.add_argument("--seed", type=nonneg_int, default=0,
+    g.add_argument("--seed", type=seed_int, default=0,
                    help="random seed; rank k seeds torch/numpy with seed*1000+k, shared choices "
                         "(permutations, schedules) use seed alone (default 0)")
     g.add_argument("--trace-dir", default=None,
@@ -202,6 +242,9 @@ def parser(algorithm: str, description: str) -> ArgumentParser:
                         "(default 300)")
     g.add_argument("--flush-seconds", type=positive_float, default=2.0,
                    help="how often each rank appends its trace rows to its file (default 2)")
+    g.add_argument("--no-trace", action="store_true",
+                   help="record no row per message (the trace's /comm stays empty; metrics, "
+                        "status and attributes are still written): to measure what tracing costs")
     g.add_argument("--progress-seconds", type=nonneg_float, default=2.0,
                    help="rank 0 prints progress at most this often (default 2)")
     g.add_argument("--quiet", action="store_true", help="no progress lines, only the summary")
@@ -211,7 +254,14 @@ def parser(algorithm: str, description: str) -> ArgumentParser:
                         "2h), under <run dir>/checkpoints; 0 = only on SIGUSR1/SIGTERM (default)")
     g.add_argument("--resume", default=None, metavar="DIR",
                    help="continue from the newest complete checkpoint in DIR (a run directory, its "
-                        "checkpoints/ folder, or one checkpoint); the trace of that run continues")
+                        "checkpoints/ folder, or one checkpoint); the trace of that run continues. "
+                        "Every rank file is checked against the SHA-256 in the checkpoint's "
+                        "MANIFEST.json and loaded as tensors, numbers and strings only: a checkpoint "
+                        "from elsewhere cannot run code")
+    g.add_argument("--trust-checkpoint", action="store_true",
+                   help="with --resume: load the checkpoint by a full unpickle, which runs any code "
+                        "stored in it; needed for a checkpoint written before mpidist checked its "
+                        "checkpoints (no checksums). Only for a checkpoint you trust")
     p.set_defaults(checkpoint_seconds=0.0)
     g.add_argument("--term-grace", type=positive_float, default=10.0, metavar="SECONDS",
                    help="after SIGTERM/SIGUSR1 the ranks agree on a step, checkpoint and exit 0; a "

@@ -34,22 +34,35 @@ def signal_name(signum: int) -> str:
         return f"signal {signum}"
 
 
+DIVERGED = 4096.0   # added to a rank's stop code once its loss was not finite (above any 2 x signal)
+
+
 def decode_stop(code: float) -> tuple[bool, bool]:
     """(save a checkpoint now, stop now) from the maximum over the ranks of
     :meth:`mpidist.runtime.Run.stop_code`: stop when any rank got a stop signal, save then too, or when the
-    --checkpoint-every duration has passed on any rank."""
-    c = int(code)
+    --checkpoint-every duration has passed on any rank. (A diverged run, :func:`diverged`, saves
+    nothing: see :meth:`Loop.agree`.)"""
+    c = int(code) % int(DIVERGED)
     return c >= 2 or c % 2 == 1, c >= 2
+
+
+def diverged(code: float) -> bool:
+    """Whether the agreed stop code says that some rank's loss was not finite."""
+    return code >= DIVERGED
 
 
 def stop_term(code: float, n: int) -> float:
     """A stop code as one rank's term of a SUM (or mean) over ``n`` ranks, for agreements that can
-    only add, like AdaComm's averaged control slots: a mean of codes would mix them (a SIGTERM on
-    one of two ranks would read as signal 7). :func:`stop_from_mean` recovers the code the maximum
-    would have given."""
-    sig, due = int(code) // 2, int(code) % 2
-    b = n + 1  # counts of n ranks never carry into the next digit
-    return float(b * b * (sig == signal.SIGTERM) + b * (sig == signal.SIGUSR1) + due)
+    only add, like AdaComm's averaged control slots (float32): a mean of codes would mix them (a
+    SIGTERM on one of two ranks would read as signal 7). Three base-(n+1) digits, so that counts of
+    n ranks never carry (exact in float32 up to 255 ranks): a timed checkpoint due, SIGUSR1,
+    SIGTERM or SIGINT (both: stop now). :func:`stop_from_mean` recovers the code the maximum would
+    have given. Divergence does not travel here: the averaged loss itself is then not finite."""
+    c = int(code) % int(DIVERGED)
+    sig, due = c // 2, c % 2
+    b = n + 1
+    return float(b * b * (sig in (signal.SIGTERM, signal.SIGINT))
+                 + b * (sig == signal.SIGUSR1) + due)
 
 
 def stop_from_mean(mean: float, n: int) -> float:
@@ -157,10 +170,13 @@ class Loop:
         any rank, and returns True when the job must stop now. ``code``: the stop code already
         agreed by the algorithm's own collective (else a max-allreduce on channel ``control``);
         ``state``: the state to save (else ``self.state(step)``). A signal during the last step
-        just lets the run finish."""
+        just lets the run finish. A loss that was not finite on any rank ends the run here, on
+        every rank, without a checkpoint (``Run.diverged_everywhere``)."""
         run = self.run
         if code is None:
             code = run.comm.allreduce_scalar(run.stop_code(), "max", "control")
+        if diverged(code):
+            run.diverged_everywhere()          # raises: no checkpoint of a diverged state
         timed, stop = decode_stop(code)
         stop = stop and not self.is_last(step)
         if timed or stop or self._due(step):

@@ -28,6 +28,35 @@ def local_rank(comm=MPI.COMM_WORLD) -> tuple[int, int]:
         return 0, 0
 
 
+def set_threads(comm=MPI.COMM_WORLD) -> tuple[int, str | None]:
+    """torch's intra-op threads for this rank: the CPUs it may run on, shared among the node-local
+    ranks that may run on the same ones (``mpirun`` without binding gives every rank all of the
+    node's CPUs; ``srun --cpus-per-task`` gives each its own). ``OMP_NUM_THREADS`` set by the user
+    wins; then a warning (one line, for rank 0 to print) says when it oversubscribes the CPUs.
+    Collective over ``comm``. Returns (threads, warning or None)."""
+    mine = frozenset(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
+        frozenset(range(os.cpu_count() or 1))
+    try:
+        node = comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.Get_rank())
+        sets = node.allgather(mine)
+        node.Free()
+    except MPI.Exception:
+        sets = [mine]
+    sharing = sum(1 for s in sets if s == mine)
+    fair = max(1, len(mine) // sharing)
+    user = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if user.isdigit() and int(user) > 0:
+        n = int(user)
+        torch.set_num_threads(n)
+        warn = None
+        if n > fair:
+            warn = (f"OMP_NUM_THREADS={n} with {sharing} ranks on {len(mine)} CPUs oversubscribes "
+                    f"this node ({n * sharing} threads); {fair} per rank would not")
+        return n, warn
+    torch.set_num_threads(fair)
+    return fair, None
+
+
 def choose_device(kind: str, local: int) -> torch.device:
     """``cuda:<local mod GPUs>`` for auto/cuda when CUDA is present, else CPU (cuda without CUDA is
     a UsageError). Sets the current CUDA device before anything is allocated on it."""

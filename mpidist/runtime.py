@@ -25,6 +25,7 @@ What ``start`` guarantees:
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import signal
@@ -39,13 +40,13 @@ from mpi4py import MPI
 
 from . import checkpoint, rundir, signals
 from .checkpoint import RUN_FLAGS, resume_mismatch  # noqa: F401
-from .placement import choose_device, local_rank, make_logger, versions  # noqa: F401
+from .placement import choose_device, local_rank, make_logger, set_threads, versions  # noqa: F401
 from .cli import (ArgumentParser, checkpoint_period, fail_spec, nonneg_float,  # noqa: F401
                   nonneg_int, parser, positive_float, positive_int, unit_float)
-from .loop import Progress, decode_stop, signal_name, stop_from_mean, stop_term  # noqa: F401
+from .loop import DIVERGED, Progress, decode_stop, signal_name, stop_from_mean, stop_term  # noqa: F401
 from .comm import Communicator, LinkModel, cuda_aware_mpi
-from .errors import UsageError
-from .trace import TraceError, TraceWriter, rank_path
+from .errors import Diverged, UsageError
+from .trace import TraceError, TraceWriter, new_run_id, rank_path
 
 
 class InjectedFailure(RuntimeError):
@@ -59,6 +60,7 @@ def _usage_exit(algorithm: str, rank: int, message: str) -> None:
     raise SystemExit(2)
 
 
+MIN_COMM_TIMEOUT_S = 1.0  # a shorter --comm-timeout is refused: start-up agreements take longer
 USAGE_AGREE_S = 10.0  # how long a rank with a usage error waits for the others to find it too
 
 
@@ -75,18 +77,29 @@ class Run:
         self._progress = Progress(self)
         self.start_step = 0          # the first step to run (after --resume: the checkpoint's + 1)
         self.resumed_state = None    # the algorithm's state from the checkpoint, or None
-        self.stop_signal = 0         # set by SIGUSR1/SIGTERM; agreed by all ranks in loop.Loop.agree
+        self.stop_signal = 0         # set by SIGUSR1/SIGTERM/SIGINT; agreed in loop.Loop.agree
+        self.diverged = None         # (step, metric, value, last finite value, its step) or None
+        self._finite: dict[str, tuple[int, float]] = {}   # metric -> (step, last finite value)
+        self.quiet = None            # an untraced Communicator (deadline-bounded) for agreements
+                                     # that are not the algorithm's: start-up, divergence at the end
         self._previous_handlers = {}
         self._usage_comm = comm.mpi.Dup()  # for usage_error's agreement only
         self.created_dir = False            # rank 0 made run_dir for this run
         self._next_timed_checkpoint = comm.clock() + args.checkpoint_seconds
         self.stopped = False
+        self.agreed_signal = 0       # the stop signal the ranks agreed on (loop.Loop.agree)
         self.ckpt_root = os.path.join(run_dir, "checkpoints")
 
     # ------------------------------------------------------------------ reporting
     def metric(self, step: int, name: str, value: float) -> None:
-        """One row of /metrics (step, time since start, name, value)."""
+        """One row of /metrics (step, time since start, name, value). A loss that is not finite
+        marks the run diverged: the ranks stop at their next agreement (:meth:`diverged_everywhere`)."""
         self.trace.metric(step, name, value)
+        if "loss" in name:
+            if math.isfinite(value):
+                self._finite[name] = (step, value)
+            elif self.diverged is None:
+                self.diverged = (step, name, value) + self._finite.get(name, (None, None))[::-1]
 
     def step_done(self, step: int) -> None:
         """Call after every training step: stamps the comm step, flushes the trace when due, and
@@ -156,17 +169,30 @@ class Run:
 
     # ------------------------------------------------------------------ checkpoints
     def rng_state(self) -> dict:
-        return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+        """Every RNG's state as plain values (what a safe checkpoint holds): torch's and CUDA's as
+        byte tensors, numpy's global MT19937 as a dict with its key as a list of 624 ints,
+        ``random``'s as its tuple of ints, the shared PCG64's as its dict of ints."""
+        npst = np.random.get_state(legacy=False)
+        npst = {**npst, "state": {"key": npst["state"]["key"].tolist(),
+                                  "pos": int(npst["state"]["pos"])},
+                "has_gauss": int(npst["has_gauss"]), "gauss": float(npst["gauss"])}
+        return {"torch": torch.get_rng_state(), "numpy": npst,
                 "random": random.getstate(), "shared": self.shared_rng.bit_generator.state,
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
     def set_rng_state(self, s: dict) -> None:
-        torch.set_rng_state(s["torch"])
-        np.random.set_state(s["numpy"])
+        """Back to the states of :meth:`rng_state` (or of a checkpoint of before it, where numpy's
+        state is the tuple of ``np.random.get_state()``)."""
+        torch.set_rng_state(s["torch"].cpu())
+        npst = s["numpy"]
+        if isinstance(npst, dict):
+            npst = {**npst, "state": {"key": np.asarray(npst["state"]["key"], dtype=np.uint32),
+                                      "pos": int(npst["state"]["pos"])}}
+        np.random.set_state(npst)
         random.setstate(s["random"])
         self.shared_rng.bit_generator.state = s["shared"]
         if s.get("cuda") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(s["cuda"])
+            torch.cuda.set_rng_state_all([t.cpu() for t in s["cuda"]])
 
     def stop_code(self) -> float:
         """What this rank asks of the next agreement of :mod:`mpidist.loop` (a max over all
@@ -174,12 +200,27 @@ class Run:
         one), plus 1 when the ``--checkpoint-every`` duration has passed since this rank's last
         checkpoint."""
         due = self.args.checkpoint_seconds and self.comm.clock() >= self._next_timed_checkpoint
-        return 2.0 * self.stop_signal + (1.0 if due else 0.0)
+        return (2.0 * self.stop_signal + (1.0 if due else 0.0)
+                + (DIVERGED if self.diverged is not None else 0.0))
+
+    def diverged_everywhere(self) -> None:
+        """Collective, where the ranks agreed that some rank diverged: every rank learns which rank
+        first and raises :class:`Diverged` (no checkpoint of a diverged state; trace status
+        ``diverged``, one line on rank 0, exit 3)."""
+        seen = self.quiet.allgather_object(self.diverged)
+        r = next(i for i, d in enumerate(seen) if d is not None) if any(seen) else 0
+        d = seen[r] or (None, "loss", float("nan"), None, None)
+        step, name, value, last, last_step = d
+        before = (f"; the last finite {name} was {last:.6g} at step {last_step}"
+                  if last is not None else f"; no finite {name} before it")
+        raise Diverged(f"diverged: rank {r} logged {name} {value} at step {step}{before} "
+                       "(a smaller --lr may help)")
 
     def announce_stop(self, step: int, code: float) -> None:
         """After the agreed stop's checkpoint of ``step``: mark the run stopped, say so on rank 0."""
         self.stopped = True
-        self.say(f"{signal_name(int(code) // 2)}: checkpoint of step {step} saved in "
+        self.agreed_signal = int(code) // 2
+        self.say(f"{signal_name(self.stop_signal or int(code) // 2)}: checkpoint of step {step} saved in "
                  f"{self.ckpt_root}; resume with --resume {self.run_dir}")
 
     def save_checkpoint(self, step: int, state: dict) -> None:
@@ -187,12 +228,13 @@ class Run:
         rank 0 marks the checkpoint complete once all have. Called by :meth:`mpidist.loop.Loop.agree`
         (where all ranks agreed to save this step)."""
         self.trace.flush()  # the trace holds every row up to the checkpoint it resumes from
-        checkpoint.save_rank(self.ckpt_root, step, self.rank,
-                             {"algorithm": state, "step": step, "t": self.comm.clock(),
-                              "rng": self.rng_state(), "args": vars(self.args)})
-        self.comm.barrier()
+        entry = checkpoint.write_rank(self.ckpt_root, step, self.rank,
+                                      {"algorithm": state, "step": step, "t": self.comm.clock(),
+                                       "rng": self.rng_state(), "args": vars(self.args)})
+        files = self.comm.allgather_object(entry)  # every rank saved: sizes and SHA-256s
         if self.rank == 0:
-            checkpoint.complete(self.ckpt_root, step, self.algorithm, self.world_size)
+            checkpoint.complete(self.ckpt_root, step, self.algorithm, self.world_size,
+                                files=files)
         self.comm.barrier()
         self.metric(step, "checkpoint", step)
         self.trace.flush()  # the checkpoint's row too: a kill right after keeps it
@@ -222,11 +264,26 @@ class Run:
 
     def __exit__(self, exc_type, exc, tb):
         signals.uninstall(self)
+        if exc_type is None and any(self.quiet.allgather_object(self.diverged is not None)):
+            try:
+                self.diverged_everywhere()     # a non-finite loss after the last agreement
+            except Diverged as e:
+                exc_type, exc = Diverged, e
+        if exc_type is Diverged:
+            self._usage_comm.Free()
+            self.trace.close(status=str(exc)[:200])
+            if self.rank == 0:
+                sys.stderr.write(f"mpidist.{self.algorithm}: {exc}\n")
+                sys.stderr.flush()
+            self.comm.barrier()
+            raise SystemExit(3)
         if exc_type is None:
             self._usage_comm.Free()
             self.trace.close(status="stopped by signal" if self.stopped else "ok")
             self.comm.barrier()
             self.say(f"trace: {self.run_dir}")
+            if self.stopped and signal.SIGINT in (self.stop_signal, self.agreed_signal):
+                raise SystemExit(130)       # Ctrl-C: stopped cleanly, and the shell knows why
             return False
         if issubclass(exc_type, UsageError):
             self.usage_error(str(exc))
@@ -285,6 +342,13 @@ def start(algorithm: str, p: ArgumentParser, argv=None, check=None,
         args = p.parse_args(argv)
         if args.link_bandwidth and args.link_bandwidth < 1:
             raise UsageError("--link-bandwidth is in bytes per second (e.g. 1.25e8 for 1 Gbit/s)")
+        if args.comm_timeout < MIN_COMM_TIMEOUT_S:
+            raise UsageError(f"--comm-timeout {args.comm_timeout:g}: no wait for a peer can be "
+                             f"that short (starting up alone takes longer); give "
+                             f"{MIN_COMM_TIMEOUT_S:g} s or more")
+        if args.link_latency >= args.comm_timeout:
+            raise UsageError(f"--link-latency {args.link_latency:g} s can never meet --comm-timeout "
+                             f"{args.comm_timeout:g} s: every message would time out")
         if args.fail_at is not None and not 0 <= args.fail_at[1] < size:
             raise UsageError(f"--fail-at: rank {args.fail_at[1]} is not in a world of {size}")
         if check is not None:
@@ -299,6 +363,9 @@ def start(algorithm: str, p: ArgumentParser, argv=None, check=None,
     log = make_logger(rank)
     sys.excepthook = lambda t, e, tb: abort(rank, e)
     local, node_size = local_rank(world)
+    threads, warn = set_threads(world)   # torch's threads: the rank's share of its node's CPUs
+    if warn and rank == 0:
+        sys.stderr.write(f"mpidist.{algorithm}: warning: {warn}\n")
     try:
         device = choose_device(args.device, local)
     except UsageError as e:
@@ -308,12 +375,24 @@ def start(algorithm: str, p: ArgumentParser, argv=None, check=None,
     # without the emulated link; the run's Communicator is made complete once the trace exists
     setup = Communicator(world, None, None, None, args.comm_timeout, False)
 
-    # --resume: the checkpoint every rank continues from (each reads its own file)
+    # --resume: the checkpoint every rank continues from (each reads its own file). Every rank
+    # first verifies its file against the manifest's size and SHA-256; only when all agree does
+    # any rank load (weights-only, or a full unpickle with --trust-checkpoint)
     resumed, err = None, ""
     if args.resume:
+        trust = bool(getattr(args, "trust_checkpoint", False))
+        data = None
         try:
             ckpt_dir, manifest = checkpoint.find(args.resume, algorithm, size)
-            resumed = checkpoint.load_rank(ckpt_dir, rank, device)
+            data = checkpoint.read_rank(ckpt_dir, manifest, rank, trust)
+        except checkpoint.CheckpointError as e:
+            err = str(e)
+        errors = [e for e in setup.allgather_object(err) if e]
+        if errors:
+            _usage_exit(algorithm, rank, errors[0])
+        try:
+            resumed = checkpoint.load_rank(ckpt_dir, rank, device, trust, data=data)
+            del data
             if may_change is not None and "args" in resumed:
                 err = resume_mismatch(resumed["args"], vars(args), may_change)
                 err = f"--resume {ckpt_dir}: {err}" if err else ""
@@ -325,11 +404,12 @@ def start(algorithm: str, p: ArgumentParser, argv=None, check=None,
         resume_dir = os.path.dirname(os.path.dirname(os.path.abspath(ckpt_dir)))
 
     # the run directory: chosen and created on rank 0, agreed by all
-    run_dir, err, created = None, None, False
+    run_dir, err, created, run_id = None, None, False, None
     if rank == 0:
         run_dir, err, created = rundir.choose(args.trace_dir, algorithm,
                                               resume_dir if resumed is not None else None)
-    run_dir, err = setup.bcast_object((run_dir, err))
+        run_id = new_run_id()  # in every rank's trace: the tools refuse a directory mixing runs
+    run_dir, err, run_id = setup.bcast_object((run_dir, err, run_id))
     if err:
         _usage_exit(algorithm, rank, err)
 
@@ -345,10 +425,11 @@ def start(algorithm: str, p: ArgumentParser, argv=None, check=None,
     clock = lambda: MPI.Wtime() - t0  # noqa: E731
     cuda_aware = cuda_aware_mpi() if device.type == "cuda" else False
     path = "cpu" if device.type == "cpu" else ("cuda-aware" if cuda_aware else "staged")
-    attrs = {"algorithm": algorithm, "rank": rank, "world_size": size, "local_rank": local,
+    attrs = {"algorithm": algorithm, "run_id": run_id, "rank": rank, "world_size": size,
+             "local_rank": local,
              "args": vars(args), "versions": versions(), "cuda_aware": bool(cuda_aware),
              "comm_path": path, "device": str(device), "start_time": t0_wall,
-             "hostname": socket.gethostname(), "status": "running"}
+             "hostname": socket.gethostname(), "threads": threads, "status": "running"}
     try:
         trace = TraceWriter(rank_path(run_dir, rank), json.loads(json.dumps(attrs, default=str)),
                             clock, args.flush_seconds,
@@ -364,7 +445,8 @@ def start(algorithm: str, p: ArgumentParser, argv=None, check=None,
         rundir.remove_if_empty(run_dir, rank == 0 and created)
         _usage_exit(algorithm, rank, errors[0])
     link = LinkModel(args.link_latency, args.link_bandwidth)
-    comm = Communicator(world, trace, clock, link, args.comm_timeout, cuda_aware)
+    comm = Communicator(world, None if getattr(args, "no_trace", False) else trace, clock, link,
+                        args.comm_timeout, cuda_aware)
 
     seed = args.seed * 1000 + rank
     torch.manual_seed(seed)
@@ -372,6 +454,7 @@ def start(algorithm: str, p: ArgumentParser, argv=None, check=None,
     random.seed(seed)
     run = Run(algorithm, args, comm, trace, run_dir, device, local, log, t0_wall)
     run.created_dir = rank == 0 and created
+    run.quiet = setup
     if resumed is not None:
         run.set_rng_state(resumed["rng"])
         run.start_step = resumed["step"] + 1

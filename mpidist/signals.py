@@ -1,8 +1,8 @@
-"""SIGUSR1 and SIGTERM: the agreed stop (checkpoint and exit 0), with a deadline that holds even
-while the main thread is blocked inside MPI.
+"""SIGUSR1, SIGTERM and SIGINT: the agreed stop (checkpoint and exit 0; 130 after SIGINT), with a
+deadline that holds even while the main thread is blocked inside MPI.
 
 SIGUSR1 is what ``sbatch --signal=USR1@...`` sends before a time limit; SIGTERM is the time limit
-itself, preemption or ``scancel``. The Python handler only sets ``run.stop_signal``; the ranks agree
+itself, preemption or ``scancel``; SIGINT is Ctrl-C (``mpirun`` forwards it to every rank). The Python handler only sets ``run.stop_signal``; the ranks agree
 on it at their next meeting point (:mod:`mpidist.loop`). A watcher thread keeps SIGTERM's
 ``--term-grace`` deadline: past it (a dead peer, a very long step) the rank marks its trace and
 SIGKILLs itself so that the launcher ends the job.
@@ -15,7 +15,8 @@ import signal
 import threading
 import time
 
-STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
+DEADLINE_SIGNALS = (int(signal.SIGTERM), int(signal.SIGINT))   # these keep --term-grace
 _active_run = None               # the run the stop signals are for (None between runs)
 _wakeup_fd: int | None = None    # read end of the pipe Python's C-level signal handler writes to
 
@@ -46,7 +47,7 @@ def uninstall(run) -> None:
 
 
 def _watch(fd: int) -> None:
-    """The watcher thread: the first SIGTERM of a run starts its --term-grace deadline; when the
+    """The watcher thread: the first SIGTERM (or SIGINT) of a run starts its --term-grace deadline; when the
     deadline passes (the rank could not agree and checkpoint: a peer is dead, a step is too long),
     the rank ends at once (``Run._terminate``). Further SIGTERMs change nothing (SLURM's and a
     batch script's may both arrive); SIGKILL is there for an immediate end."""
@@ -62,5 +63,5 @@ def _watch(fd: int) -> None:
             continue
         if armed is not None and not ready:
             run._terminate(f"no agreed checkpoint within --term-grace {run.args.term_grace:g} s")
-        if int(signal.SIGTERM) in data and armed is None:
+        if armed is None and any(sig in data for sig in DEADLINE_SIGNALS):
             armed, deadline = run, time.monotonic() + run.args.term_grace

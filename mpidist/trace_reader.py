@@ -3,19 +3,23 @@ and the loaded forms :class:`RankTrace` and :class:`RunTrace`.
 
 The reader trusts nothing it reads: a file that is not HDF5, not an mpidist trace, or damaged
 (checksums, structure, values or attributes a writer cannot produce) is refused with one
-:class:`TraceError` line naming the file, in one bounded read that never waits or loops.
+:class:`TraceError` line naming the file, in bounded reads that never wait on a lock or loop. A
+run directory must hold ONE run: regular files, one per rank, all with the same run id
+(:func:`check_run`).
 """
 from __future__ import annotations
 
 import json
 import mmap
 import os
+import stat
+import time
 from dataclasses import dataclass, field
 
 import h5py
 import numpy as np
 
-from .trace_format import COMM_DTYPE, FORMAT, FORMAT_VERSION, METRIC_DTYPE, TraceError
+from .trace_format import FORMAT, FORMAT_VERSION, ROW_DTYPES, TraceError
 
 
 @dataclass
@@ -97,31 +101,98 @@ _HINTS = (("filter returned failure", "damaged: a checksum of its rows does not 
           ("file signature not found", "not an HDF5 file"))
 
 
+READ_TRIES = 5  # reads of a file that changed while it was read, before giving up
+
+
 def read_rank(path: str) -> RankTrace:
     """Load one ``rank<k>.h5``; raise TraceError with one clear line (naming the file) for
-    anything else: not HDF5, not an mpidist trace, or damaged. A damaged trace is one that libhdf5
-    cannot read (HDF5's metadata checksums, and fletcher32 on the rows of files that have it,
-    find flipped bits), or whose structure is not the format's: both datasets, 1-D, with the
-    fields of COMM_DTYPE and METRIC_DTYPE and no more rows than the file has bytes for, values
-    a writer can produce (see _check_rows), and a ``rank`` attribute (``world_size``,
-    ``start_time``, ``end_time`` checked where present).
+    anything else: not a regular file, not HDF5, not an mpidist trace, or damaged. A damaged
+    trace is one that libhdf5 cannot read (HDF5's metadata checksums, and fletcher32 on the rows
+    of files that have it, find flipped bits), or whose structure is not the format's: both
+    datasets, 1-D, with the row types of its ``format_version`` and no more rows than the file has
+    bytes for, values a writer can produce (see _check_rows), and a ``rank`` attribute
+    (``world_size``, ``start_time``, ``end_time`` checked where present).
 
-    Opens without HDF5's file lock, so that reading a running job's files (the tools, a test
-    watching progress) never blocks that job's next flush. A file caught in the middle of a flush
-    may read as damaged (TraceError) or without (or with zeroed) rows of that flush: exact numbers
-    come from files the writer has closed (or flushed before the read). Nothing here waits or
-    retries: a damaged file is one bounded read."""
+    Opens without HDF5's file lock, so that reading a running job's files (the tools, a notebook
+    through this function) never blocks its next flush. A running writer replaces the file by
+    rename at each flush and writes the file it replaced again at the flush after
+    (mpidist.trace_commit), so a read lasting longer than the time between two flushes can see
+    the file it opened change: a read during which the opened file's size or modification time
+    changed is read again, up to READ_TRIES times; one during which they did not is the answer,
+    damaged or not."""
+    for attempt in range(READ_TRIES):
+        before = _identity(path)
+        seen = []  # the opened file's (size, mtime) when opened and when read
+        try:
+            result, error = _read_once(path, seen), None
+        except TraceError as e:
+            result, error = None, e
+        if len(seen) == 2:
+            changed = seen[0] != seen[1]
+        else:  # it did not open: did the file at path change meanwhile?
+            changed = _identity(path) != before
+        if not changed:
+            if error is not None:
+                raise error
+            return result
+        time.sleep(0.01 * (attempt + 1))
+    raise TraceError(f"{path}: changed during each of {READ_TRIES} reads (a writer flushing "
+                     "faster than it can be read); try again")
+
+
+def _identity(path: str) -> tuple:
+    """What changes when a file is replaced or written: (device, inode, size, mtime). Raises
+    TraceError for a path that is not a regular file (a FIFO would block the read forever)."""
     try:
-        size = os.path.getsize(path)
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise TraceError(f"{path}: no such file") from None
+    except OSError as e:
+        raise TraceError(f"{path}: cannot read it ({e.strerror or e})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise TraceError(f"{path}: not a regular file; not an mpidist trace")
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _opened(f) -> tuple | None:
+    """(size, mtime) of the file h5py has open (its descriptor), or None if it cannot tell."""
+    try:
+        st = os.fstat(f.id.get_vfd_handle())
+    except (OSError, ValueError, TypeError, RuntimeError):
+        return None
+    return (st.st_size, st.st_mtime_ns)
+
+
+def _read_open(path: str, f, first) -> tuple:
+    """(attrs, comm rows, metric rows) of an open file, checked (see read_rank)."""
+    size = first[0] if first is not None else os.path.getsize(path)
+    _check_global_heap(path, f)  # before any attribute value is read
+    # not attrs.get(): it answers None when a damaged file cannot read the attribute
+    fmt = _decode(f.attrs["format"]) if "format" in f.attrs else None
+    if not (isinstance(fmt, str) and fmt == FORMAT):
+        raise TraceError(f"{path}: not an mpidist trace (no format='{FORMAT}' attribute)")
+    attrs = {k: _decode(f.attrs[k]) for k in f.attrs.keys()}
+    version = attrs.get("format_version", 1)
+    if not (isinstance(version, int) and not isinstance(version, bool) and version in ROW_DTYPES):
+        raise TraceError(f"{path}: mpidist trace of format_version {version!r}, which this reader "
+                         f"does not know (it reads {', '.join(map(str, ROW_DTYPES))}; written by "
+                         "a newer mpidist?)")
+    comm_dtype, metric_dtype = ROW_DTYPES[version]
+    comm = _rows(path, f, "comm", comm_dtype, size, attrs)
+    metrics = _rows(path, f, "metrics", metric_dtype, size, attrs)
+    return attrs, comm, metrics
+
+
+def _read_once(path: str, seen: list) -> RankTrace:
+    try:
         with h5py.File(path, "r", locking=False) as f:
-            _check_global_heap(path, f)  # before any attribute value is read
-            # not attrs.get(): it answers None when a damaged file cannot read the attribute
-            fmt = _decode(f.attrs["format"]) if "format" in f.attrs else None
-            if not (isinstance(fmt, str) and fmt == FORMAT):
-                raise TraceError(f"{path}: not an mpidist trace (no format='{FORMAT}' attribute)")
-            attrs = {k: _decode(f.attrs[k]) for k in f.attrs.keys()}
-            comm = _rows(path, f, "comm", COMM_DTYPE, size, attrs)
-            metrics = _rows(path, f, "metrics", METRIC_DTYPE, size, attrs)
+            first = _opened(f)
+            try:
+                attrs, comm, metrics = _read_open(path, f, first)
+            finally:
+                last = _opened(f)
+                if first is not None and last is not None:
+                    seen += [first, last]
     except TraceError:
         raise
     except FileNotFoundError:
@@ -217,6 +288,9 @@ def _check_attrs(path: str, attrs: dict) -> None:
         problems.append(f"world_size = {attrs['world_size']!r}")
     elif "world_size" in attrs and integer("rank") and attrs["rank"] >= attrs["world_size"]:
         problems.append(f"rank = {attrs['rank']} not below world_size = {attrs['world_size']}")
+    for k in ("dropped_comm_rows", "dropped_metric_rows"):
+        if k in attrs and (not integer(k) or attrs[k] < 0):
+            problems.append(f"{k} = {attrs[k]!r}")
     for k in ("start_time", "end_time"):
         v = attrs.get(k, 0.0)
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not np.isfinite(v):
@@ -225,14 +299,52 @@ def _check_attrs(path: str, attrs: dict) -> None:
         raise TraceError(f"{path}: damaged mpidist trace: attribute {', '.join(problems)}")
 
 
+def rank_files(path: str) -> list[str]:
+    """The ``rank<k>.h5`` names in a run directory, ordered by k (names that are not
+    ``rank<number>.h5`` last)."""
+    return sorted((f for f in os.listdir(path) if f.startswith("rank") and f.endswith(".h5")),
+                  key=lambda f: (int(f[4:-3]), f) if f[4:-3].isdigit() else (1 << 30, f))
+
+
+def check_run(path: str, ranks: list) -> None:
+    """Refuse (TraceError, one line) rank files that are not one run: two files claiming the same
+    rank, or files of different runs: a different ``run_id`` (every file written since format
+    version 2 has one, the same on every rank of a run), or, for files without one, a different
+    algorithm or world size."""
+    seen = {}
+    for r in ranks:
+        if r.rank in seen:
+            raise TraceError(f"{path}: two files claim rank {r.rank} ({os.path.basename(seen[r.rank])}"
+                             f" and {os.path.basename(r.path)}); one run has one file per rank")
+        seen[r.rank] = r.path
+    if len(ranks) < 2:
+        return
+
+    def run_of(r):
+        if "run_id" in r.attrs:
+            return f"run_id {r.attrs['run_id']}"
+        return (f"no run_id, algorithm {r.attrs.get('algorithm', '?')}, "
+                f"world_size {r.attrs.get('world_size', '?')}")
+    first = ranks[0]
+    for r in ranks[1:]:
+        if run_of(r) != run_of(first):
+            raise TraceError(f"{path}: files of different runs ({os.path.basename(first.path)}: "
+                             f"{run_of(first)}; {os.path.basename(r.path)}: {run_of(r)}); "
+                             "give each run its own directory")
+
+
 def read_run(path: str) -> RunTrace:
-    """Load a run directory (all ``rank*.h5`` in it) or a single rank file."""
+    """Load a run directory (all ``rank*.h5`` in it, which must be one run: :func:`check_run`)
+    or a single rank file."""
     if os.path.isfile(path):
         return RunTrace(os.path.dirname(path), [read_rank(path)])
     if not os.path.isdir(path):
+        if os.path.exists(path):
+            raise TraceError(f"{path}: not a regular file or directory; not an mpidist run")
         raise TraceError(f"{path}: no such run directory or trace file")
-    files = sorted((f for f in os.listdir(path) if f.startswith("rank") and f.endswith(".h5")),
-                   key=lambda f: int(f[4:-3]) if f[4:-3].isdigit() else 1 << 30)
+    files = rank_files(path)
     if not files:
         raise TraceError(f"{path}: no rank<k>.h5 files in this directory; not an mpidist run")
-    return RunTrace(path, [read_rank(os.path.join(path, f)) for f in files])
+    ranks = [read_rank(os.path.join(path, f)) for f in files]
+    check_run(path, ranks)
+    return RunTrace(path, ranks)

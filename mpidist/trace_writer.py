@@ -1,23 +1,36 @@
 """Writing one rank's trace file: :class:`TraceWriter` (the layout: :mod:`mpidist.trace`).
 
-Rows go into preallocated numpy arrays and reach the file in bulk at each flush, which opens,
-extends and closes it, so the file on disk is consistent between flushes; string attributes are
-stored where HDF5's metadata checksums cover them (:func:`_attr_value`). A resumed run continues
-its file; a reader holding HDF5's file lock delays a flush, never fails it (:func:`_open_append`).
+Rows go into preallocated numpy arrays and reach the file in bulk at each flush. A flush is a
+commit of :class:`mpidist.trace_commit.CommittedFile`: the file at ``rank<k>.h5`` is only ever
+replaced whole, by an atomic rename, so it is complete and closed at every instant, whatever
+happens to the process (killed mid-flush, ``MPI_Abort``, full disk, I/O error) and whoever reads
+it (a reader holding HDF5's file lock never blocks a flush). String attributes are stored where
+HDF5's metadata checksums cover them (:func:`_attr_value`). A resumed run continues its file.
+
+Tracing never ends training: a flush that cannot be written (full disk, I/O error, a damaged
+directory) prints ONE warning line, keeps its rows in memory (at most ``max_pending_rows`` per
+table: rows beyond are dropped and counted) and is retried at later flushes, the wait between
+tries doubling from max(1 s, flush_seconds) up to a minute (an explicit :meth:`TraceWriter.flush`,
+as at a checkpoint, tries at once); :meth:`TraceWriter.close` says how many rows were dropped, if any, and
+records the counts in the file (``dropped_comm_rows``, ``dropped_metric_rows``).
 """
 from __future__ import annotations
 
 import json
 import os
 import socket
+import sys
 import threading
 import time
 
 import h5py
 import numpy as np
 
+from .trace_commit import CommitFailed, CommittedFile
 from .trace_format import COMM_DTYPE, FORMAT, FORMAT_VERSION, METRIC_DTYPE, TraceError
 from .trace_reader import read_rank
+
+MAX_BACKOFF_S = 60.0  # the longest wait between two tries of a failing flush
 
 
 def _attr_value(v):
@@ -48,74 +61,114 @@ class _RowBuffer:
         return self.n == len(self.rows)
 
     def take(self) -> np.ndarray:
-        out = self.rows[: self.n]
+        out = self.rows[: self.n].copy()  # a copy: the rows may wait for a later commit
         self.n = 0
         return out
+
+
+# the ops of a commit, applied to both files of the pair (mpidist.trace_commit)
+def _apply(f, op) -> None:
+    kind = op[0]
+    if kind == "rows":
+        for name, rows in (("comm", op[1]), ("metrics", op[2])):
+            if len(rows):
+                ds = f[name]
+                n = ds.shape[0]
+                ds.resize((n + len(rows),))
+                ds[n:] = rows
+    elif kind == "attrs":
+        for k, v in op[1].items():
+            f.attrs[k] = v
+    elif kind == "truncate":  # a resumed run: keep the rows of steps <= the checkpoint's
+        for name in ("comm", "metrics"):
+            rows = f[name][()]
+            keep = rows[rows["step"] <= op[1]]
+            f[name].resize((len(keep),))
+            f[name][:] = keep
+    else:
+        raise ValueError(f"unknown trace op {kind!r}")
+
+
+def _check(f, ops) -> None:
+    """After a commit's ops were written and the file closed: the last rows appended to each
+    dataset are the file's last rows (HDF5 may fail to write without raising, see
+    mpidist.trace_commit)."""
+    for i, name in ((1, "comm"), (2, "metrics")):
+        last = next((op[i] for op in reversed(ops) if op[0] == "rows" and len(op[i])), None)
+        if last is None:
+            continue
+        k = min(len(last), 16)
+        ds = f[name]
+        if ds.shape[0] < k or ds[ds.shape[0] - k:].tobytes() != last[-k:].tobytes():
+            raise OSError(f"the rows just written to /{name} are not in the file")
 
 
 class TraceWriter:
     """Records one rank's messages and metrics and appends them to ``rank<k>.h5``.
 
     ``clock`` returns seconds since the run's t = 0 (the runtime passes ``MPI.Wtime`` shifted by the
-    start time that all ranks agreed on). ``flush_seconds``: the longest time rows wait in memory.
-    The file is created at construction, so an unwritable directory fails before training starts.
-    An existing file is refused, unless ``resume_step`` is given (a resumed run continues it: the
-    rows of later steps are dropped at its first write, so that a run refused before it started,
-    see :meth:`abandon`, leaves the interrupted run's file exactly as it was).
+    start time that all ranks agreed on). ``flush_seconds``: the longest time rows wait in memory
+    (while writing works). The file is created at construction, so an unwritable directory fails
+    before training starts (TraceError or OSError); from then on nothing the file system does
+    raises (see the module's docstring). An existing file is refused, unless ``resume_step`` is
+    given (a resumed run continues it: the rows of later steps are dropped at its first write, so
+    that a run refused before it started, see :meth:`abandon`, leaves the interrupted run's file
+    exactly as it was).
     ``checksum``: fletcher32 on the rows' chunks (default; costs about 0.1-0.3 ms per flush, see
-    ``tests/programs/fuzz_trace.py --bench-flush``).
+    ``tests/programs/fuzz_trace.py --bench-flush``). ``warn``: where the one warning line goes
+    (default: stderr).
     """
 
     def __init__(self, path: str, attrs: dict, clock, flush_seconds: float = 2.0,
                  capacity: int = 1 << 14, resume_step: int | None = None,
-                 checksum: bool = True):
+                 checksum: bool = True, max_pending_rows: int = 1 << 19, warn=None):
         self.path = path
         self.clock = clock
         self.flush_seconds = flush_seconds
+        self.max_pending_rows = max_pending_rows
+        self._warn = warn or (lambda line: (sys.stderr.write(line + "\n"), sys.stderr.flush()))
         self._comm = _RowBuffer(COMM_DTYPE, capacity)
         self._metrics = _RowBuffer(METRIC_DTYPE, capacity)
         self._next_flush = time.monotonic() + flush_seconds
         self.closed = False
         self.lock = threading.RLock()  # held while the file is written: see mark()
         self.created = False           # this writer made the file (it was not there)
-        self._rows_written = False
-        self._resume = None            # (step, attrs) of a resumed file not yet continued
-        if os.path.exists(path):
+        self._rows_written = False     # a commit holding rows succeeded
+        self._pending: list = []       # ops not yet committed, oldest first
+        self._pending_rows = [0, 0]    # comm and metric rows in self._pending
+        self.dropped = [0, 0]          # comm and metric rows dropped (memory bound reached)
+        self.failures = 0              # flushes that could not be written
+        self._failing = 0              # consecutive failures (for the back-off)
+        self._retry_at = 0.0
+        self._resume = None            # the ops that continue a resumed file, until committed
+        self._file = CommittedFile(path, _apply, _check)
+        if os.path.lexists(path):
             if resume_step is None:
                 raise TraceError(f"{path}: already exists; refusing to overwrite a previous run's "
                                  "trace (choose another --trace-dir)")
             read_rank(path)  # refuses a file that is not an mpidist trace, changing nothing
-            self._resume = (resume_step, attrs)
+            self._resume = [("truncate", resume_step),
+                            ("attrs", {"status": _attr_value("running"),
+                                       "resumed_at_step": resume_step,
+                                       "resumed_args": _attr_value(attrs.get("args", {}))})]
             return
-        self.created = True
-        with h5py.File(path, "w", libver="latest") as f:
+        values = {k: _attr_value(v) for k, v in attrs.items()}
+
+        def build(f):
             f.attrs["format"] = _attr_value(FORMAT)
             f.attrs["format_version"] = FORMAT_VERSION
             f.attrs["hostname"] = _attr_value(socket.gethostname())
             f.attrs["status"] = _attr_value("running")  # close() replaces it; a killed rank's stays
-            for k, v in attrs.items():
-                f.attrs[k] = _attr_value(v)
+            for k, v in values.items():
+                f.attrs[k] = v
             f.create_dataset("comm", shape=(0,), maxshape=(None,), dtype=COMM_DTYPE,
                              chunks=(4096,), fletcher32=checksum)
             f.create_dataset("metrics", shape=(0,), maxshape=(None,), dtype=METRIC_DTYPE,
                              chunks=(1024,), fletcher32=checksum)
+        self._file.create(build)
+        self.created = True
 
-    def _continue(self) -> None:
-        """Before the first write of a resumed run: keep the rows of steps <= the checkpoint's,
-        drop the later ones the interrupted run wrote, mark the file running again."""
-        if self._resume is None:
-            return
-        (resume_step, attrs), self._resume = self._resume, None
-        with h5py.File(self.path, "a") as f:
-            for name in ("comm", "metrics"):
-                rows = f[name][()]
-                keep = rows[rows["step"] <= resume_step]
-                f[name].resize((len(keep),))
-                f[name][:] = keep
-            f.attrs["status"] = _attr_value("running")
-            f.attrs["resumed_at_step"] = resume_step
-            f.attrs["resumed_args"] = _attr_value(attrs.get("args", {}))
-
+    # ------------------------------------------------------------------ recording (hot path)
     def comm(self, step: int, op: bytes, peer: int, tag: int, channel: bytes, nbytes: int,
              t_post: float, t_done: float) -> None:
         """One completed message. ``op`` and ``channel`` are bytes (encoded once by the caller)."""
@@ -124,58 +177,91 @@ class TraceWriter:
         buf.rows[n] = (step, op, peer, tag, channel, nbytes, t_post, t_done)
         buf.n = n + 1
         if n + 1 == buf.capacity:
-            self.flush()
+            self._flush(force=False)
 
     def metric(self, step: int, name: str, value: float) -> None:
         buf = self._metrics
         buf.rows[buf.n] = (step, self.clock(), name.encode(), float(value))
         buf.n += 1
         if buf.full:
-            self.flush()
+            self._flush(force=False)
 
+    # ------------------------------------------------------------------ flushing
     def maybe_flush(self) -> None:
         """Flush if the last flush is older than ``flush_seconds`` (call once per step)."""
         if time.monotonic() >= self._next_flush:
-            self.flush()
+            self._flush(force=False)
 
     def flush(self) -> None:
-        with self.lock:
-            self._flush()
+        """Write every row recorded so far now (a failing file is tried again at once)."""
+        self._flush(force=True)
 
-    def _flush(self) -> None:
-        if self.closed:
+    def _flush(self, force: bool) -> None:
+        with self.lock:
+            if self.closed:
+                return
+            self._take()
+            if force or time.monotonic() >= self._retry_at:
+                self._commit()
+            self._next_flush = time.monotonic() + self.flush_seconds
+
+    def _take(self) -> None:
+        """The buffered rows become a pending op; beyond max_pending_rows they are dropped."""
+        if not (self._comm.n or self._metrics.n):
             return
-        self._continue()
-        comm, metrics = self._comm.take(), self._metrics.take()
-        if len(comm) or len(metrics):
-            with _open_append(self.path) as f:
-                for name, rows in (("comm", comm), ("metrics", metrics)):
-                    if len(rows):
-                        ds = f[name]
-                        n = ds.shape[0]
-                        ds.resize((n + len(rows),))
-                        ds[n:] = rows
-            self._rows_written = True
-        self._next_flush = time.monotonic() + self.flush_seconds
+        rows = [self._comm.take(), self._metrics.take()]
+        for i in range(2):
+            room = max(0, self.max_pending_rows - self._pending_rows[i])
+            if len(rows[i]) > room:
+                self.dropped[i] += len(rows[i]) - room
+                rows[i] = rows[i][:room]
+            self._pending_rows[i] += len(rows[i])
+        if len(rows[0]) or len(rows[1]):
+            self._pending.append(("rows", rows[0], rows[1]))
 
+    def _commit(self) -> bool:
+        """Commit the pending ops; False (after the one warning line) if the file system said no."""
+        ops = (self._resume or []) + self._pending
+        if not ops:
+            return True
+        try:
+            self._file.commit(ops)
+        except Exception as e:  # noqa: BLE001  tracing never ends training
+            self.failures += 1
+            self._failing += 1
+            self._retry_at = time.monotonic() + min(
+                MAX_BACKOFF_S, max(1.0, self.flush_seconds) * 2 ** min(self._failing, 8))
+            if self.failures == 1:
+                why = str(CommitFailed.of(e))  # "OSError: [Errno 28] ...": one line
+                self._warn(f"mpidist: warning: cannot write the trace {self.path} ({why}); "
+                           f"training goes on, rows are kept in memory (at most "
+                           f"{self.max_pending_rows} per table) and written when it works again")
+            return False
+        self._rows_written |= self._pending_rows != [0, 0]
+        self._resume, self._pending, self._pending_rows, self._failing = None, [], [0, 0], 0
+        return True
+
+    # ------------------------------------------------------------------ attributes and ending
     def set_attrs(self, **attrs) -> None:
-        """Add or replace root attributes (e.g. the final status) now."""
+        """Add or replace root attributes (e.g. the final status) now. A value that cannot be
+        stored raises ValueError here; a file that cannot be written does not raise."""
+        values = {k: _attr_value(v) for k, v in attrs.items()}
         with self.lock:
-            self.flush()
-            self._write_attrs(attrs)
-
-    def _write_attrs(self, attrs: dict) -> None:
-        with _open_append(self.path) as f:
-            for k, v in attrs.items():
-                f.attrs[k] = _attr_value(v)
+            if self.closed:
+                return
+            self._take()
+            self._pending.append(("attrs", values))
+            self._commit()
 
     def mark(self, status: str, timeout: float = 5.0) -> None:
         """From another thread, just before the process ends at once (the SIGTERM deadline): wait
-        for a flush in progress to finish (at most ``timeout`` s), then write ``status`` without
-        touching the rows being recorded. The lock stays held, so no flush starts afterwards."""
+        for a flush in progress to finish (at most ``timeout`` s), then write ``status`` with the
+        rows already taken from the buffers, without touching the rows being recorded. The lock
+        stays held, so no flush starts afterwards."""
         if self.closed or not self.lock.acquire(timeout=timeout) or self._resume is not None:
             return  # (a resumed file not yet continued stays as the interrupted run left it)
-        self._write_attrs({"status": status, "end_time": time.time()})
+        self._pending.append(("attrs", {"status": _attr_value(status), "end_time": time.time()}))
+        self._commit()
 
     def abandon(self, status: str) -> bool:
         """For a run refused before it began (bad input found by every rank): leave no trace of
@@ -185,12 +271,12 @@ class TraceWriter:
         with self.lock:
             if self.closed:
                 return False
-            if self._resume is not None:
-                self.closed = True
+            if self._resume is not None:  # (nothing of the directory touched, not even a
+                self.closed = True          # shadow a killed writer left)
                 return False
             if self.created and not self._rows_written:
                 try:
-                    os.remove(self.path)
+                    self._file.remove()
                     self.closed = True
                     return True
                 except OSError:
@@ -199,22 +285,23 @@ class TraceWriter:
             return False
 
     def close(self, status: str = "ok") -> None:
-        """Write what is buffered, the end time and ``status`` ("ok", "failed", ...). Idempotent."""
-        if self.closed:
-            return
-        self.set_attrs(status=status, end_time=time.time())
-        self.closed = True
-
-
-def _open_append(path: str, wait: float = 10.0):
-    """Open a rank file for appending. A reader in another process that holds HDF5's file lock
-    (h5py's default) makes the open fail with BlockingIOError: retry for up to ``wait`` seconds
-    instead of failing the run. (mpidist's own readers do not lock: see read_rank.)"""
-    deadline = time.monotonic() + wait
-    while True:
-        try:
-            return h5py.File(path, "a")
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                raise
-            time.sleep(0.05)
+        """Write what is buffered, the end time and ``status`` ("ok", "failed", ...), and say on
+        stderr how many rows could not be written, if any. Idempotent; never raises for the file
+        system's sake."""
+        with self.lock:
+            if self.closed:
+                return
+            self._take()
+            final = {"status": status, "end_time": time.time()}
+            if any(self.dropped):
+                final.update(dropped_comm_rows=self.dropped[0],
+                             dropped_metric_rows=self.dropped[1])
+            self._pending.append(("attrs", {k: _attr_value(v) for k, v in final.items()}))
+            self._commit()
+            self.closed = True
+            self._file.discard_shadow()
+            lost = [self.dropped[i] + self._pending_rows[i] for i in range(2)]
+            if any(lost):
+                self._warn(f"mpidist: warning: trace {self.path}: {lost[0]} message rows and "
+                           f"{lost[1]} metric rows could not be written (dropped); the file holds "
+                           "every row of every flush that was written")

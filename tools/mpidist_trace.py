@@ -21,8 +21,12 @@ export    Chrome trace-event JSON for ui.perfetto.dev or chrome://tracing: one p
           rank, one track per peer and direction, a flow arrow from each send to its receive,
           counters of bytes in flight and of the metrics.
 
-The files of a killed run are read up to each rank's last flush. A path that is not an mpidist
-trace is refused with one line on stderr and exit status 2. The library is mpidist.analysis.
+The files of a killed run are read up to each rank's last flush; a running job's files are read
+without locking them (never delaying its flushes). Refused with one line on stderr and exit
+status 2: a path that is not an mpidist trace (or not a regular file: a FIFO, a device), a
+directory mixing the files of two runs (each run's files share a run id) or holding two files of
+one rank, and an output (--csv, -o) that is an HDF5 file or named *.h5. The library is
+mpidist.analysis.
 """
 from __future__ import annotations
 
@@ -96,7 +100,39 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def refuse_output(path: str, flag: str) -> None:
+    """An output path that would destroy a trace (or a file of HDF5) is refused with one line:
+    a name ending in .h5/.hdf5, or an existing file that is HDF5 (HDF5's signature at byte 0)."""
+    if path in (None, "-"):
+        return
+    if path.lower().endswith((".h5", ".hdf5")):
+        raise TraceError(f"{flag} {path}: refusing to write an output named like a trace file "
+                         "(.h5); choose another name")
+    if os.path.isfile(path):
+        try:
+            with open(path, "rb") as f:
+                head = f.read(8)
+        except OSError:
+            return  # writing it will fail with its own message
+        if head == HDF5_SIGNATURE:
+            raise TraceError(f"{flag} {path}: refusing to overwrite an HDF5 file (a trace?); "
+                             "choose another name")
+    elif os.path.exists(path) and not os.path.isdir(path) and not path.startswith("/dev/"):
+        raise TraceError(f"{flag} {path}: not a regular file; choose another name")
+
+
+def refuse_output_dir(path: str | None) -> None:
+    """-o DIR of plot and compare: an existing path that is not a directory is refused."""
+    if path and os.path.exists(path) and not os.path.isdir(path):
+        raise TraceError(f"-o {path}: exists and is not a directory (the figures go into a "
+                         "directory); choose another")
+
+
 def cmd_summary(a) -> None:
+    refuse_output(a.csv, "--csv")
     run = analysis.load(a.run, a.skip_bad)
     if a.csv == "-":
         sys.stdout.write(analysis.summary_csv(run))
@@ -110,6 +146,7 @@ def cmd_summary(a) -> None:
 
 
 def cmd_plot(a) -> None:
+    refuse_output_dir(a.out)
     run = analysis.load(a.run, a.skip_bad)
     for n in run.notes:
         print(f"note: {n}", file=sys.stderr)
@@ -125,6 +162,7 @@ def cmd_plot(a) -> None:
 
 
 def cmd_compare(a) -> None:
+    refuse_output_dir(a.out)
     runs = [analysis.load(r, a.skip_bad) for r in a.runs]
     if a.labels:
         if len(a.labels) != len(runs):
@@ -164,6 +202,7 @@ def cmd_compare(a) -> None:
 
 
 def cmd_export(a) -> None:
+    refuse_output(a.out, "-o")
     run = analysis.load(a.run, a.skip_bad)
     obj = analysis.chrome_trace(run)
     if a.out == "-":
@@ -171,6 +210,7 @@ def cmd_export(a) -> None:
         return
     out = a.out or os.path.join(a.run if os.path.isdir(a.run) else os.path.dirname(a.run) or ".",
                                 "trace.json")
+    refuse_output(out, "-o")
     with open(out, "w") as f:
         json.dump(obj, f, separators=(",", ":"))
     n = sum(1 for e in obj["traceEvents"] if e["ph"] == "X")

@@ -5,11 +5,8 @@ from __future__ import annotations
 import argparse
 
 from .. import cli, runtime
-from ..algorithms import get
 from .rules import METHODS
 from .train import train
-
-README = "mpidist/adacomm/README.md"
 
 # Section 5: 4 workers, batch 128 per worker, weight decay 5e-4, T0 = 60 s, lr / 10 at epochs
 # 80/120/160/200 of 240, local momentum 0.9, block momentum 0.3
@@ -26,6 +23,13 @@ PRESETS = {name: dict(_SECTION5, **v) for name, v in {
 RESUME_MAY_CHANGE = frozenset({"steps", "epochs", "time_budget", "eval_every"})
 
 
+ABOUT = """\
+AdaComm: local-update SGD. Every worker makes tau local SGD steps, then the models are
+averaged (PASGD); AdaComm re-chooses tau every T0 seconds of training from the loss,
+tau_l = ceil(sqrt(eta_0/eta_l * F(x_l)/F(x_0)) tau_0), halving it on a plateau.
+Baselines: fully synchronous SGD and PASGD with a fixed tau."""
+
+
 def _tau0(s: str):
     return "auto" if s == "auto" else cli.positive_int(s)
 
@@ -40,20 +44,8 @@ def _int_list(s: str) -> list[int]:
     return out
 
 
-def _gamma(s: str) -> float:
-    v = float(s)
-    if not 0 < v < 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {s}")
-    return v
-
-
 def make_parser() -> cli.ArgumentParser:
-    p = cli.parser("adacomm", cli.about(
-        "AdaComm: local-update SGD. Every worker makes tau local SGD steps, then the models are\n"
-        "averaged (PASGD); AdaComm re-chooses tau every T0 seconds of training from the loss,\n"
-        "tau_l = ceil(sqrt(eta_0/eta_l * F(x_l)/F(x_0)) tau_0), halving it on a plateau.\n"
-        "Baselines: fully synchronous SGD and PASGD with a fixed tau.",
-        get("adacomm").paper, README))
+    p = cli.parser("adacomm", ABOUT)
     g = cli.training(p, "AdaComm (Wang & Joshi)", unit="local steps per worker",
                      eval_default="none")
     g.add_argument("--time-budget", type=cli.nonneg_float, default=30.0, metavar="SECONDS",
@@ -77,7 +69,7 @@ def make_parser() -> cli.ArgumentParser:
     g.add_argument("--interval", type=cli.positive_float, default=5.0, metavar="SECONDS",
                    help="T_0, the wall-clock length of an interval; tau is re-chosen at the first "
                         "averaging of each (paper: 60 s) (default 5)")
-    g.add_argument("--gamma", type=_gamma, default=0.5,
+    g.add_argument("--gamma", type=cli.open_unit_float, default=0.5,
                    help="gamma < 1, the faster decay tau_l = gamma tau_{l-1} when Eq. 6 does not "
                         "lower tau (refinement) (default 1/2)")
     g.add_argument("--slack", type=cli.nonneg_int, default=0,

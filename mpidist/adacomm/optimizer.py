@@ -26,11 +26,12 @@ local momentum; ``state_dict`` carries everything a resumed job needs.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
-from ..loop import decode_stop, stop_from_mean, stop_term
+from ..loop import DIVERGED, decode_stop, stop_from_mean, stop_term
 from .exchange import LOSS, LOSS0, STOP, TIME, FlatState, GradientAverager
 from .rules import CommSchedule, Interval
 
@@ -150,6 +151,8 @@ class PeriodicAveragingSGD:
         loss, t, loss0, stop = ctrl.tolist()
         row = self.schedule.averaged(step, loss, t, loss0)
         code = stop_from_mean(stop, self.exchange.comm.size)  # the slots are averaged
+        if not math.isfinite(loss):     # some worker's loss was not finite: the mean is not either
+            code += DIVERGED
         return Report(step, loss, t, row, decode_stop(code)[1], code)
 
     # -------------------------------------------------------------- the step

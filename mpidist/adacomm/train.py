@@ -128,6 +128,9 @@ def train(run) -> None:
     run.trace.set_attrs(task=described, loss=task.loss_name)
     size = (f"{state.nbytes / 1e6:.2f} MB" if state.nbytes >= 1e5 else
             f"{state.nbytes / 1e3:.1f} kB")
+    if run.world_size == 1:
+        run.say("note: one worker, so no model is ever averaged: this run is plain local SGD; "
+                "for AdaComm launch several workers, e.g. mpirun -n 4 python -m mpidist.adacomm")
     run.say(f"adacomm: method {a.method}, {run.world_size} workers, {described} "
             f"({len(test_ds)} test), loss {task.loss_name}, {size} averaged, batch "
             f"{a.batch_size} per worker")

@@ -2,8 +2,9 @@
 
 :func:`load` reads the per-rank HDF5 files through :mod:`mpidist.trace` (``read_run`` /
 ``read_rank``, which raise ``TraceError`` with one clear line), optionally skipping unreadable rank
-files, and collects what it noticed (missing ranks, files never closed by a killed job, a resume
-from a checkpoint) in ``Run.notes``. :class:`Run` gives the rows (``comm``, ``metrics``) and the
+files (never files of another run or a second file of one rank: ``check_run`` refuses those),
+and collects what it noticed (missing ranks, files never closed by a killed job, a resume from a
+checkpoint, rows a writer could not write) in ``Run.notes``. :class:`Run` gives the rows (``comm``, ``metrics``) and the
 run's attributes, duration, step count and status to the rest of :mod:`mpidist.analysis`.
 """
 from __future__ import annotations
@@ -99,8 +100,7 @@ def load(path: str, skip_bad: bool = False, label: str | None = None) -> Run:
     file was never closed (a killed job)."""
     notes = []
     if skip_bad and os.path.isdir(path):
-        files = sorted((f for f in os.listdir(path) if f.startswith("rank") and f.endswith(".h5")),
-                       key=lambda f: int(f[4:-3]) if f[4:-3].isdigit() else 1 << 30)
+        files = _trace.rank_files(path)
         ranks = []
         for f in files:
             try:
@@ -110,6 +110,7 @@ def load(path: str, skip_bad: bool = False, label: str | None = None) -> Run:
         if not ranks:
             raise TraceError(f"{path}: no readable rank<k>.h5 file"
                              + (f" ({notes[0][9:]})" if notes else "; not an mpidist run"))
+        _trace.check_run(path, ranks)  # files of two runs are not skipped: they are refused
         rt = _trace.RunTrace(path, ranks)
     else:
         rt = _trace.read_run(path)
@@ -129,6 +130,11 @@ def load(path: str, skip_bad: bool = False, label: str | None = None) -> Run:
                          f"killed or is still running; rows up to its last flush (t = {last:.2f} s)")
         elif st != "ok":
             notes.append(f"rank {r.rank}: status '{st}'")
+    for r in rt.ranks:
+        lost = (int(r.attrs.get("dropped_comm_rows", 0)), int(r.attrs.get("dropped_metric_rows", 0)))
+        if any(lost):
+            notes.append(f"rank {r.rank}: {lost[0]} message rows and {lost[1]} metric rows were "
+                         "dropped by its writer (the file system refused them for too long)")
     resumed = sorted({r.attrs["resumed_at_step"] for r in rt.ranks if "resumed_at_step" in r.attrs})
     if resumed:
         notes.append(f"resumed from a checkpoint of step {', '.join(map(str, resumed))}: later rows "

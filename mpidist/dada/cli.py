@@ -6,7 +6,6 @@ import argparse
 import os
 
 from .. import cli, runtime, user
-from ..algorithms import ALGORITHMS
 from ..errors import UsageError
 from .centralized import adapt_centralized
 from .report import summary_centralized
@@ -15,12 +14,11 @@ from .tasks import TASKS, target_rotations
 from .train import adapt_distributed
 
 ALGORITHM = "dada"
-ABOUT = cli.about(
-    "DADA: ADDA's adversarial domain adaptation split across nodes. Rank 0 holds the labelled\n"
-    "source domain, every other rank an unlabelled target domain; after one initial transfer of\n"
-    "the networks only the discriminator's gradients (or weights) cross the network, every p\n"
-    "steps. --centralized runs the ADDA baseline in one process.",
-    ALGORITHMS[ALGORITHM].paper, "mpidist/dada/README.md")
+ABOUT = """\
+DADA: ADDA's adversarial domain adaptation split across nodes. Rank 0 holds the labelled
+source domain, every other rank an unlabelled target domain; after one initial transfer of
+the networks only the discriminator's gradients (or weights) cross the network, every p
+steps. --centralized runs the ADDA baseline in one process."""
 
 # what a --resume may change besides the run flags: when to stop and how often to evaluate
 RESUME_MAY_CHANGE = frozenset({"steps", "eval_every"})

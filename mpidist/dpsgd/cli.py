@@ -3,22 +3,21 @@ graph; ``--model``/``--data``/``--loss`` also take a user's ``MODULE:FUNCTION``)
 from __future__ import annotations
 
 from .. import cli, runtime, topology
-from ..algorithms import get
 from .train import DEFAULT_STEPS, train
-
-README = "mpidist/dpsgd/README.md"
 
 #: what a --resume may change besides the run flags: when to stop and how often to evaluate
 RESUME_MAY_CHANGE = frozenset({"steps", "epochs", "eval_every"})
 
 
+ABOUT = """\
+D-PSGD: n workers on a graph. Every iteration each worker computes a stochastic
+gradient at its own model while it exchanges models with its neighbours, then averages
+them with the weights of a symmetric doubly stochastic W and steps:
+x_i <- sum_j W_ij x_j - eta g_i(x_i)."""
+
+
 def build_parser() -> cli.ArgumentParser:
-    p = cli.parser("dpsgd", cli.about(
-        "D-PSGD: n workers on a graph. Every iteration each worker computes a stochastic\n"
-        "gradient at its own model while it exchanges models with its neighbours, then averages\n"
-        "them with the weights of a symmetric doubly stochastic W and steps:\n"
-        "x_i <- sum_j W_ij x_j - eta g_i(x_i).",
-        get("dpsgd").paper, README))
+    p = cli.parser("dpsgd", ABOUT)
     g = cli.training(p, "D-PSGD (Algorithm 1)", default_steps=DEFAULT_STEPS, unit="iterations k")
     cli.model_flags(g, default="cnn", what="the network whose parameters are x (a name, or "
                     "your own MODULE:FUNCTION(in_shape, num_classes, **model_args))")

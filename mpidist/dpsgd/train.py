@@ -55,6 +55,9 @@ def train(run) -> None:
     described = task.describe(a.model)
     run.trace.set_attrs(task=described, loss=task.loss_name)
     weights = "lazy Metropolis" if a.mixing == "lazy" else "Metropolis"
+    if n == 1:
+        run.say("note: one worker, so there are no neighbours: this run is plain SGD; for D-PSGD "
+                "launch several workers, e.g. mpirun -n 8 python -m mpidist.dpsgd")
     run.say(f"D-PSGD: {n} workers on a {a.graph} graph ({weights} weights, rho "
             f"{opt.mixing_rate:.4f})",
             f"{described}, split over {n} workers, batch {a.batch_size}, {steps} iterations "

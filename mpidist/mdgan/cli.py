@@ -6,18 +6,16 @@ import argparse
 import os
 
 from .. import cli, runtime
-from ..algorithms import ALGORITHMS
 from ..models import gan as gan_models
 from .rules import batches_per_iteration, crash_period
 from .train import train
 
 ALGORITHM = "mdgan"
-ABOUT = cli.about(
-    "MD-GAN: one generator G on a server (rank 0), one discriminator D_n per worker (ranks 1..N).\n"
-    "Every iteration the server sends each worker two generated batches and gets back the error\n"
-    "feedback that updates G; every E epochs the workers swap discriminators peer to peer.\n"
-    "--mode flgan: the FL-GAN baseline; --mode standalone: one GAN in one process.",
-    ALGORITHMS[ALGORITHM].paper, "mpidist/mdgan/README.md")
+ABOUT = """\
+MD-GAN: one generator G on a server (rank 0), one discriminator D_n per worker (ranks 1..N).
+Every iteration the server sends each worker two generated batches and gets back the error
+feedback that updates G; every E epochs the workers swap discriminators peer to peer.
+--mode flgan: the FL-GAN baseline; --mode standalone: one GAN in one process."""
 
 # what a --resume may change besides the run flags: when to stop, how G is scored, where the
 # data files are; everything else (mode, k, b, L, E, Adam, networks, losses, T, data, seed) stays
@@ -125,6 +123,11 @@ def build_parser() -> cli.ArgumentParser:
                    help="your D instead of --model's: FUNCTION(in_shape, num_classes) -> "
                         "nn.Module, D(x) -> logits [n, 1 + num_classes] (column 0 real/fake, "
                         "then the classes; num_classes is 0 with --gan plain)")
+    g.add_argument("--generator-arg", type=cli.key_value, action="append", default=[],
+                   metavar="KEY=VALUE", help="a keyword for your --generator's FUNCTION, e.g. "
+                   "hidden=64 (repeat it for more)")
+    g.add_argument("--discriminator-arg", type=cli.key_value, action="append", default=[],
+                   metavar="KEY=VALUE", help="a keyword for your --discriminator's FUNCTION")
     g.add_argument("--gan", choices=["acgan", "plain"], default="acgan",
                    help="acgan: D also predicts the class, G is conditioned on it (the paper's "
                         "setting); plain: real/fake only (default acgan)")
@@ -170,6 +173,9 @@ def check_world(args, world: int) -> str | None:
         return f"-k {args.k}: the server draws at most N = {n} batches (k <= N)"
     if args.crash_every is not None and args.mode != "mdgan":
         return "--crash-every is an MD-GAN experiment (Figure 3); use it with --mode mdgan"
+    for net in ("generator", "discriminator"):
+        if getattr(args, f"{net}_arg") and not getattr(args, net):
+            return f"--{net}-arg is for your own --{net} MODULE:FUNCTION (none was given)"
     if args.epochs is not None:
         return ("--epochs: MD-GAN counts I global iterations (generator updates, Algorithm 1); "
                 "give -I (the epochs between swaps are -E)")

@@ -62,15 +62,24 @@ class Config:
 
 # ------------------------------------------------------------------ a user's G and D
 
-def build_generator(spec: str, latent: int, shape, num_classes: int) -> torch.nn.Module:
-    """``--generator MODULE:FUNCTION``: ``FUNCTION(latent_dim, out_shape, num_classes)``."""
+def _given(flag: str, spec: str, kw: dict) -> str:
+    return " ".join([f"{flag} {spec}"] + [f"{flag}-arg {k}={v}" for k, v in kw.items()])
+
+
+def build_generator(spec: str, latent: int, shape, num_classes: int, **kw) -> torch.nn.Module:
+    """``--generator MODULE:FUNCTION``: ``FUNCTION(latent_dim, out_shape, num_classes, **kw)``
+    (``kw`` from ``--generator-arg KEY=VALUE``)."""
     return user.build_module(spec, "--generator",
-                             lambda fn: fn(int(latent), tuple(shape), num_classes))
+                             lambda fn: fn(int(latent), tuple(shape), num_classes, **kw),
+                             given=_given("--generator", spec, kw))
 
 
-def build_discriminator(spec: str, shape, num_classes: int) -> torch.nn.Module:
-    """``--discriminator MODULE:FUNCTION``: ``FUNCTION(in_shape, num_classes)``."""
-    return user.build_module(spec, "--discriminator", lambda fn: fn(tuple(shape), num_classes))
+def build_discriminator(spec: str, shape, num_classes: int, **kw) -> torch.nn.Module:
+    """``--discriminator MODULE:FUNCTION``: ``FUNCTION(in_shape, num_classes, **kw)`` (``kw`` from
+    ``--discriminator-arg KEY=VALUE``)."""
+    return user.build_module(spec, "--discriminator",
+                             lambda fn: fn(tuple(shape), num_classes, **kw),
+                             given=_given("--discriminator", spec, kw))
 
 
 def _first_line(e: BaseException) -> str:
@@ -234,10 +243,13 @@ class Setup(Config):
                 raise UsageError(self._unfit(e)) from None
             return g.to(self.device), d.to(self.device)
         try:
-            g = (build_generator(a.generator, self.latent, self.shape, nc) if a.generator else
+            g = (build_generator(a.generator, self.latent, self.shape, nc,
+                                 **dict(getattr(a, "generator_arg", None) or []))
+                 if a.generator else
                  build_zoo(f"gan-{a.model}-g", self.shape, nc, latent=self.latent))
-            d = (build_discriminator(a.discriminator, self.shape, nc) if a.discriminator else
-                 build_zoo(f"gan-{a.model}-d", self.shape, nc))
+            d = (build_discriminator(a.discriminator, self.shape, nc,
+                                     **dict(getattr(a, "discriminator_arg", None) or []))
+                 if a.discriminator else build_zoo(f"gan-{a.model}-d", self.shape, nc))
         except ValueError as e:
             raise UsageError(self._unfit(e)) from None
         return g.to(self.device), d.to(self.device)

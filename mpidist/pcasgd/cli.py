@@ -4,14 +4,9 @@ itself (:func:`mpidist.pcasgd.train.train`) drives :class:`mpidist.pcasgd.PCASGD
 user's own script wraps around its model."""
 from __future__ import annotations
 
-import argparse
-
 from .. import cli, models, runtime, topology
-from ..algorithms import get
 from .rules import CRITERIA, VARIANTS, get_variant
 from .train import DEFAULT_STEPS, train
-
-README = "mpidist/pcasgd/README.md"
 
 #: The paper's settings (Sec. 5.2) with one flag. Training details follow bearpaw's
 #: pytorch-classification, which the paper cites for its CIFAR settings (its Appendix E with the
@@ -40,20 +35,15 @@ RESUME_MAY_CHANGE = frozenset({"steps", "epochs", "eval_every", "show_topology"}
 _STEPS_FLAGS = ("--steps", "-I", "--iterations")
 
 
-def _lam(s: str) -> float:
-    v = float(s)
-    if not 0 < v <= 1:
-        raise argparse.ArgumentTypeError(f"lambda of Eq. 2 must be in (0, 1], got {s}")
-    return v
+ABOUT = """\
+PC-ASGD: agents on a graph split into reliable clusters; a neighbour in another cluster
+is seen tau steps late. Each step an agent either predicts such a neighbour's current
+state from its stale one (predicting step, Eq. 2's delay-compensated gradient) or leaves
+it out (clipping step), taking the update better aligned with -gradient (Eq. 12)."""
 
 
 def build_parser() -> cli.ArgumentParser:
-    p = cli.parser("pcasgd", cli.about(
-        "PC-ASGD: agents on a graph split into reliable clusters; a neighbour in another cluster\n"
-        "is seen tau steps late. Each step an agent either predicts such a neighbour's current\n"
-        "state from its stale one (predicting step, Eq. 2's delay-compensated gradient) or leaves\n"
-        "it out (clipping step), taking the update better aligned with -gradient (Eq. 12).",
-        get("pcasgd").paper, README))
+    p = cli.parser("pcasgd", ABOUT)
     g = cli.training(p, "PC-ASGD (Algorithm 1, Eq. 2, Eq. 12)", default_steps=DEFAULT_STEPS,
                      unit="iterations t", positive=True)
     g.add_argument("--variant", choices=list(VARIANTS), default="pc",
@@ -71,7 +61,7 @@ def build_parser() -> cli.ArgumentParser:
     g.add_argument("--delay", type=cli.nonneg_int, default=20, metavar="TAU",
                    help="tau, the delay in steps of unreliable neighbours (Def. 2), exactly "
                         "emulated; 0: no delay, every neighbour reliable (default 20)")
-    g.add_argument("--lam", type=_lam, default=0.5, metavar="LAMBDA",
+    g.add_argument("--lam", type=cli.left_open_unit_float, default=0.5, metavar="LAMBDA",
                    help="lambda of Eq. 2, the scale of the Hessian estimate lambda g (.) g, in "
                         "(0, 1] (default 0.5)")
     cli.lr_flags(g, default=0.1, what="eta, the learning rate of lines 6-7")
@@ -121,6 +111,9 @@ def with_preset(p: cli.ArgumentParser, argv) -> list[str]:
 def check(args, world: int) -> str | None:
     """Every rank alike: the clusters must fit the world size, --theta only with pc, --model a
     classifier."""
+    if world == 1 and args.clusters is None:
+        return ("PC-ASGD needs several agents, one per rank: launch it as mpirun -n 8 python -m "
+                "mpidist.pcasgd (the paper's network 1: 8 agents in clusters 3,5)")
     clusters = None if args.clusters is None else topology.parse_clusters(args.clusters)
     topology.build(world, clusters, args.graph, args.delay, args.mixing)  # raises TopologyError
     get_variant(args.variant, args.theta, args.criterion)

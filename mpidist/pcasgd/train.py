@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import checkpoint, cli, data, task, topology
-from ..errors import UsageError
+from ..errors import Diverged, UsageError
 from ..loop import Loop
 from ..metrics import evaluate
 from .rules import get_variant
@@ -91,6 +91,9 @@ def train(run) -> None:
         checkpoint.restore(comm, restore)  # another --model: one line, not a traceback
     described = tk.describe(a.model)
     run.trace.set_attrs(task=described, parameters=agent.fp.numel)
+    if n == 1:
+        run.say("note: one agent, so there are no neighbours: this run is plain SGD; for PC-ASGD "
+                "launch several agents, e.g. mpirun -n 8 python -m mpidist.pcasgd")
     run.say(f"{variant.title} on {topo.name}",
             f"{described}, split over {n} agents, batch {a.batch_size}, {steps} steps "
             f"({steps / steps_per_epoch:.1f} epochs), eta {a.lr:g}, lambda {a.lam:g}")
@@ -122,7 +125,12 @@ def train(run) -> None:
         shown = {"loss": loss_v, "theta": info.theta}
         if not math.isnan(acc):
             shown["test_acc"] = acc
-        if loop.end_step(t, **shown):
+        try:
+            stop = loop.end_step(t, **shown)
+        except Diverged:
+            agent.finish()  # a loss was not finite: settle what is in flight, then end
+            raise
+        if stop:
             agent.finish()  # stopped by a signal, after its checkpoint: nothing left in flight
             return
     agent.finish()

@@ -133,19 +133,19 @@ def jobs(tmp_path_factory):
     ids["requeue"] = submit(tmp, "requeue", os.path.join(JOBS, "adacomm.sbatch"), 2,
                             ["--steps", str(REQUEUE_STEPS), "--compute-seconds", "0.05"],
                             {"MPIDIST_MODULE": "trace_demo",
-                             "PYTHONPATH": os.path.join(REPO, "tests"), "MPIDIST_GRACE": "60"})
+                             "PYTHONPATH": os.path.join(REPO, "tests", "programs"), "MPIDIST_GRACE": "60"})
     # the cancelled job: the same demo, ended with a plain `scancel` (SIGTERM to every task, then
     # SIGKILL after KillWait: what the time limit and preemption do)
     ids["term"] = submit(tmp, "term", os.path.join(JOBS, "adacomm.sbatch"), 2,
                          ["--steps", str(REQUEUE_STEPS), "--compute-seconds", "0.05"],
                          {"MPIDIST_MODULE": "trace_demo",
-                          "PYTHONPATH": os.path.join(REPO, "tests")})
+                          "PYTHONPATH": os.path.join(REPO, "tests", "programs")})
     # the time-limit job: one minute, no usable early signal (URG, ignored): SIGTERM at the limit
     # itself; the script requeues it, and the fixture gives the second attempt time to finish
     ids["timelimit"] = submit(tmp, "timelimit", os.path.join(JOBS, "adacomm.sbatch"), 2,
                               ["--steps", str(TIMELIMIT_STEPS), "--compute-seconds", "0.05"],
                               {"MPIDIST_MODULE": "trace_demo",
-                               "PYTHONPATH": os.path.join(REPO, "tests")},
+                               "PYTHONPATH": os.path.join(REPO, "tests", "programs")},
                               opts=["--time=1", "--signal=B:URG@1"])
     deadline = time.monotonic() + WAIT_S
     rq, term, tl = ids["requeue"], ids["term"], ids["timelimit"]

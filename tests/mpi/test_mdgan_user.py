@@ -166,7 +166,8 @@ BAD_MESSAGES = {
                              "'nope'",
     "generator_not_module": "--generator mdgan_blobs:not_a_module: returned str, expected a "
                             "torch.nn.Module",
-    "generator_builder_refuses": "--generator blobs:mlp: cannot build it (mlp() ",
+    "generator_builder_refuses": "--generator blobs:mlp: cannot build it ('int' object is not "
+                                 "iterable)",
     "generator_wrong_samples": "--generator mdgan_blobs:wrong_samples: G(z, labels) on noise of "
                                "shape (2, 64) returned (2, 7), expected (2, 4)",
     "discriminator_wrong_outputs": "--discriminator mdgan_blobs:no_class_column: D(x) on samples "

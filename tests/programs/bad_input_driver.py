@@ -156,6 +156,17 @@ def _cases() -> list[Case]:
         add(f"{algo}:--link-bandwidth=0.5", algo, ["--link-bandwidth", "0.5"], "bytes per second",
             kind="size")
         add(f"{algo}:--seed=-1", algo, ["--seed", "-1"], "argument --seed", kind="size")
+        # numbers no run can use (issue 16): refused at start, one line
+        add(f"{algo}:--seed=huge", algo, ["--seed", "99999999999999999999"],
+            "argument --seed: must be below 2**53", kind="size")
+        add(f"{algo}:--seed=5e9", algo, ["--seed", "5000000000"], "argument --seed: must be below",
+            kind="size")
+        add(f"{algo}:--comm-timeout=1e-9", algo, ["--comm-timeout", "1e-9"],
+            "--comm-timeout 1e-09: no wait for a peer can be that short", kind="size")
+        add(f"{algo}:--link-latency>=timeout", algo, ["--link-latency", "30", "--comm-timeout", "5"],
+            "--link-latency 30 s can never meet --comm-timeout 5 s", kind="size")
+        add(f"{algo}:--link-latency=inf", algo, ["--link-latency", "inf"],
+            "argument --link-latency: must be a finite number", kind="size")
     add("pcasgd:--batch-size=5000", "pcasgd", ["--batch-size", "5000"],
         "batch size 5000 exceeds this rank's shard of 1438", kind="size")
     add("adacomm:--batch-size=5000", "adacomm", ["--batch-size", "5000"],
@@ -164,6 +175,9 @@ def _cases() -> list[Case]:
         kind="size")
     add("mdgan:-b=5000", "mdgan", ["-b", "5000"], "-b 5000 exceeds the 1438 samples", kind="size")
     add("mdgan:--image-size=7", "mdgan", ["--image-size", "7"], "side divisible by 4", kind="size")
+    for algo in ("pcasgd", "adacomm"):
+        add(f"{algo}:--lr=inf", algo, ["--lr", "inf"], "argument --lr: must be a finite number",
+            kind="size")
     add("adacomm:no-stopping-rule", "adacomm", ["--steps", "0", "--time-budget", "0"],
         "no stopping rule", kind="size")
     add("adacomm:--model-arg=width=-1", "adacomm", ["--model-arg", "width=-1"],
@@ -195,6 +209,9 @@ def _cases() -> list[Case]:
     add("dada:world-1", "dada", ["--steps", "2"], "needs 2 or more ranks", kind="world", run=False)
     out[-1].argv.remove("--centralized")
     add("mdgan:mdgan-world-1", "mdgan", ["--mode", "mdgan"], "needs the server", kind="world")
+    add("pcasgd:default-world-1", "pcasgd", [], "launch it as mpirun -n 8 python -m mpidist.pcasgd",
+        kind="world")
+    out[-1].argv[:2] = []  # no --clusters: python -m mpidist.pcasgd as a user types it
     add("mdgan:flgan-world-1", "mdgan", ["--mode", "flgan"], "needs the server", kind="world")
     w2 = dict(world=2, kind="world")
     add("pcasgd:default-clusters-world-2", "pcasgd", [], "no default reliable clusters for 2",
@@ -430,6 +447,10 @@ def setup_case(spec: str, d: str) -> None:
             _old_trace(os.path.join(d, "other"), world)
         else:
             raise ValueError(dmg)
+    if any(d.startswith(("corrupt", "foreign")) for d in damage):
+        # a manifest that vouches for the damaged file: the loader's own refusal is what is tested
+        # here (a checksum that does not match is tested in tests/mpi/test_checkpoint_security.py)
+        checkpoint.complete(root, 5, algo, world)
 
 
 # ------------------------------------------------------------------------------------ running

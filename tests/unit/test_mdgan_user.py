@@ -38,6 +38,24 @@ def test_flags_take_a_users_networks_and_data():
         mdgan.build_parser().parse_args(["--generator", "mdgan_blobs"])
 
 
+def test_network_keywords_reach_the_users_builders():
+    """--generator-arg / --discriminator-arg KEY=VALUE: keywords of the user's FUNCTION."""
+    a = mdgan.build_parser().parse_args(
+        ["--generator", "mdgan_blobs:generator", "--discriminator", "mdgan_blobs:discriminator",
+         "--discriminator-arg", "hidden=8"])
+    assert a.discriminator_arg == [("hidden", 8)] and a.generator_arg == []
+    D = mdgan.build_discriminator(a.discriminator, (4,), 3, **dict(a.discriminator_arg))
+    # Linear(4, 8), Linear(8, 8), Linear(8, 1 + 3): weights and biases
+    assert sum(p.numel() for p in D.parameters()) == (4 * 8 + 8) + (8 * 8 + 8) + (8 * 4 + 4)
+    with pytest.raises(UsageError) as e:
+        mdgan.build_generator("mdgan_blobs:generator", 8, (4,), 3, depth=2)
+    assert str(e.value).startswith("--generator mdgan_blobs:generator --generator-arg depth=2: "
+                                   "cannot build it (")
+    bare = mdgan.build_parser().parse_args(["--generator-arg", "hidden=8"])
+    assert mdgan.check_world(bare, 3) == ("--generator-arg is for your own --generator "
+                                          "MODULE:FUNCTION (none was given)")
+
+
 def _user_pair(nc=3, latent=8, seed=0):
     import mdgan_blobs
     torch.manual_seed(seed)
