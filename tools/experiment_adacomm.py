@@ -22,6 +22,7 @@ import sys
 import time
 
 import numpy as np
+import stamp  # noqa: E402  (tools/stamp.py, beside this script)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -203,10 +204,10 @@ def main():
     plot(res, args, os.path.join(args.out, "loss_vs_time.png"))
     md = table(res)
     with open(os.path.join(args.out, "table.md"), "w") as f:
-        f.write(md + "\n")
+        f.write(stamp.line() + "\n\n" + md + "\n")
     setup = dict(vars(args), root=os.path.relpath(root, REPO), out=os.path.relpath(args.out, REPO))
     with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump({"setup": setup, "runs": res}, f, indent=1)
+        json.dump({"made_by": stamp.line(), "setup": setup, "runs": res}, f, indent=1)
     print(md)
 
 

@@ -26,6 +26,7 @@ import time
 
 import numpy as np
 import torch
+import stamp  # noqa: E402  (tools/stamp.py, beside this script)
 
 from mpidist import dada, runtime, trace
 from mpidist.comm import Communicator
@@ -124,7 +125,8 @@ def main():
                           f"{rec['bytes'] / 1e6:9.1f} MB  {rec['seconds']:.0f} s", flush=True)
                     os.makedirs(a.out, exist_ok=True)
                     with open(os.path.join(a.out, "results.json"), "w") as f:
-                        json.dump({"argv": sys.argv, "steps": a.steps, "runs": results}, f)
+                        json.dump({"made_by": stamp.line(), "argv": sys.argv, "steps": a.steps,
+                               "runs": results}, f)
     if world.rank == 0:
         a.seeds = len({r["seed"] for r in results})
         write_outputs(a, configs, results)
@@ -178,7 +180,7 @@ def write_outputs(a, configs, results):
             f"0 degrees, 719 images; target rotated, 719 other images; tested on 359 held-out "
             f"images rotated alike), mean over {a.seeds} seeds.\n\n")
     with open(os.path.join(a.out, "table2.md"), "w") as f:
-        f.write(head + "\n".join(lines) + "\n")
+        f.write(stamp.line() + "\n\n" + head + "\n".join(lines) + "\n")
 
     # Figure 3: communication cost against p, and accuracy against that cost
     def mean_of(cfg, field):

@@ -35,6 +35,7 @@ import sys
 import time
 
 import numpy as np
+import stamp  # noqa: E402  (tools/stamp.py, beside this script)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -282,9 +283,10 @@ def main(argv=None):
     cmd = "python tools/experiment_mdgan.py " + " ".join(argv if argv is not None
                                                            else sys.argv[1:])
     with open(os.path.join(a.out, "table.md"), "w") as f:
-        f.write(f"Command: `{cmd.strip()}`\n\n" + "\n\n".join(md) + "\n")
+        f.write(stamp.line(["tools/experiment_mdgan.py", *cmd.split()[2:]]) + "\n\n"
+                + "\n\n".join(md) + "\n")
     with open(os.path.join(a.out, "results.json"), "w") as f:
-        json.dump(summary, f, indent=1)
+        json.dump({"made_by": stamp.line(), **summary}, f, indent=1)
     print("\n\n".join(md))
     print(f"\nwritten: {a.out}/table.md, results.json, "
           + ", ".join(os.path.basename(f) for t in summary.values() for f in t["figures"]))

@@ -30,6 +30,7 @@ import sys
 import time
 
 import numpy as np
+import stamp  # noqa: E402  (tools/stamp.py, beside this script)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -179,7 +180,7 @@ def main(argv=None) -> None:
               "first tau steps; training s: wall seconds of a run after start-up (8 ranks on the 2 "
               "cores of the machine used, shared with other jobs)."]
     with open(os.path.join(a.out, f"table{sfx}.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+        f.write(stamp.line() + "\n\n" + "\n".join(lines) + "\n")
     print("\n".join(lines))
 
     # ---------------------------------------------------------------- figure
@@ -213,7 +214,8 @@ def main(argv=None) -> None:
                                predicting=res[(lab, s)][4], wall_seconds=res[(lab, s)][5])
            for lab in labels for s in seeds}
     with open(os.path.join(a.out, f"results{sfx}.json"), "w") as f:
-        json.dump(dict(command=cmd, delay=a.delay, agents=a.np, runs=out), f, indent=1)
+        json.dump(dict(made_by=stamp.line(), command=cmd, delay=a.delay, agents=a.np, runs=out),
+                  f, indent=1)
     print(f"wrote {a.out}/table{sfx}.md, accuracy{sfx}.png, results{sfx}.json")
 
 
