@@ -40,12 +40,35 @@ def step_dir(root: str, step: int) -> str:
 
 
 def _atomic_write(path: str, write) -> None:
+    """Write ``path`` whole or not at all: a temporary file in the same directory, fsync, rename.
+    A failure (a full disk, an I/O error) removes the temporary file and raises."""
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def discard(root: str, step: int, rank: int) -> None:
+    """Remove this rank's file of an incomplete checkpoint ``step`` (and the step's directory once
+    it is empty): a checkpoint that could not be written on every rank leaves nothing behind."""
+    d = step_dir(root, step)
+    try:
+        os.remove(os.path.join(d, f"rank{rank}.pt"))
+    except OSError:
+        pass
+    try:
+        os.rmdir(d)
+    except OSError:
+        pass
 
 
 def _entry(data: bytes) -> dict:

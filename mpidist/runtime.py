@@ -45,7 +45,7 @@ from .cli import (ArgumentParser, checkpoint_period, fail_spec, nonneg_float,  #
                   nonneg_int, parser, positive_float, positive_int, unit_float)
 from .loop import DIVERGED, Progress, decode_stop, signal_name, stop_from_mean, stop_term  # noqa: F401
 from .comm import Communicator, LinkModel, cuda_aware_mpi
-from .errors import Diverged, UsageError
+from .errors import AgreedEnd, CheckpointFailed, Diverged, UsageError
 from .trace import TraceError, TraceWriter, new_run_id, rank_path
 
 
@@ -228,17 +228,39 @@ class Run:
         rank 0 marks the checkpoint complete once all have. Called by :meth:`mpidist.loop.Loop.agree`
         (where all ranks agreed to save this step)."""
         self.trace.flush()  # the trace holds every row up to the checkpoint it resumes from
-        entry = checkpoint.write_rank(self.ckpt_root, step, self.rank,
-                                      {"algorithm": state, "step": step, "t": self.comm.clock(),
-                                       "rng": self.rng_state(), "args": vars(self.args)})
+        try:
+            entry = checkpoint.write_rank(self.ckpt_root, step, self.rank,
+                                          {"algorithm": state, "step": step,
+                                           "t": self.comm.clock(), "rng": self.rng_state(),
+                                           "args": vars(self.args)})
+        except OSError as e:   # a full disk, an I/O error: agreed below, never a hang or a crash
+            entry = f"rank {self.rank}: {e.strerror or e}"
         files = self.comm.allgather_object(entry)  # every rank saved: sizes and SHA-256s
-        if self.rank == 0:
-            checkpoint.complete(self.ckpt_root, step, self.algorithm, self.world_size,
-                                files=files)
+        failed = next((f for f in files if isinstance(f, str)), "")
+        if not failed and self.rank == 0:
+            try:
+                checkpoint.complete(self.ckpt_root, step, self.algorithm, self.world_size,
+                                    files=files)
+            except OSError as e:
+                failed = f"rank 0, writing its manifest: {e.strerror or e}"
+        failed = self.quiet.bcast_object(failed)   # (untraced: the trace shows the barrier)
+        if failed:
+            self._checkpoint_failed(step, failed)
         self.comm.barrier()
         self.metric(step, "checkpoint", step)
         self.trace.flush()  # the checkpoint's row too: a kill right after keeps it
         self._next_timed_checkpoint = self.comm.clock() + self.args.checkpoint_seconds
+
+    def _checkpoint_failed(self, step: int, why: str) -> None:
+        """Every rank alike, after a rank could not write checkpoint ``step``: remove this rank's
+        part of it and end the run with one line (the earlier checkpoints stay as they were)."""
+        checkpoint.discard(self.ckpt_root, step, self.rank)
+        self.quiet.barrier()
+        done = checkpoint.list_complete(self.ckpt_root)
+        kept = (f"the previous checkpoint {os.path.basename(done[-1][0])} is intact; free space "
+                f"and resume with --resume {self.run_dir}" if done else
+                "no earlier checkpoint exists")
+        raise CheckpointFailed(f"cannot write checkpoint step-{step:09d} ({why}); {kept}")
 
     def _on_signal(self, signum, frame) -> None:
         """The Python handler of SIGUSR1 and SIGTERM: ask for the agreed stop. It runs in the main
@@ -269,14 +291,14 @@ class Run:
                 self.diverged_everywhere()     # a non-finite loss after the last agreement
             except Diverged as e:
                 exc_type, exc = Diverged, e
-        if exc_type is Diverged:
+        if exc_type is not None and issubclass(exc_type, AgreedEnd):
             self._usage_comm.Free()
             self.trace.close(status=str(exc)[:200])
             if self.rank == 0:
                 sys.stderr.write(f"mpidist.{self.algorithm}: {exc}\n")
                 sys.stderr.flush()
-            self.comm.barrier()
-            raise SystemExit(3)
+            self.quiet.barrier()
+            raise SystemExit(exc.exit_code)
         if exc_type is None:
             self._usage_comm.Free()
             self.trace.close(status="stopped by signal" if self.stopped else "ok")
