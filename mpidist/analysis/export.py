@@ -1,7 +1,8 @@
 """Exports of a run for other viewers: the Chrome trace-event / Perfetto JSON object of the
-``export`` command (one process per rank, a track per peer and direction, flow arrows from sends
-to their receives, counters of bytes in flight and of the metrics), and a checker of such an
-object's structure."""
+``export`` command (one process per rank, a track per peer and direction, flow arrows from each
+send's posting to its receive's completion, counters of bytes in flight and of the metrics), kept
+small by a window of steps (``steps``, ``max_events``), and a checker of such an object's
+structure. The OTF2 export is :mod:`.otf2_export`."""
 from __future__ import annotations
 
 import json
@@ -14,24 +15,110 @@ from .plots import _lanes
 from .tables import metric_names
 
 
+DEFAULT_MAX_EVENTS = 40_000  # about 5-7 MB of JSON: a minute of PC-ASGD is ~10x that
+
+
 def _us(t: float) -> float:
     return round(float(t) * 1e6, 3)
 
 
-def chrome_trace(run: Run) -> dict:
+def match_messages(c: np.ndarray) -> list[tuple[int, int]]:
+    """(send row, receive row) index pairs of the run's comm rows ``c`` (with the ``rank`` field):
+    the k-th send of (sender, receiver, tag, channel) in order of posting is matched with the k-th
+    receive of the same key (MPI's non-overtaking rule). Rows without a partner (a killed run)
+    are left out."""
+    if not len(c):
+        return []
+    def groups(ix, src_field, dst_field):
+        g = {}
+        for i in ix[np.argsort(c["t_post"][ix], kind="stable")]:
+            key = (int(c[src_field][i]), int(c[dst_field][i]), int(c["tag"][i]),
+                   bytes(c["channel"][i]))
+            g.setdefault(key, []).append(int(i))
+        return g
+    gs = groups(np.nonzero(c["op"] == b"send")[0], "rank", "peer")
+    gr = groups(np.nonzero(c["op"] == b"recv")[0], "peer", "rank")
+    return [(a, b) for key, si in gs.items() for a, b in zip(si, gr.get(key, []))]
+
+
+def _events_per_step(run: Run, pairs) -> tuple[np.ndarray, int]:
+    """(events each step adds to the export, the first step): a slice and two counter points per
+    row, two flow events per matched message, one counter point per metric value."""
+    c, m = run.comm, run.metrics
+    steps = [c["step"]] if len(c) else []
+    steps += [m["step"]] if len(m) else []
+    if not steps:
+        return np.zeros(0, int), 0
+    allsteps = np.concatenate(steps)
+    s0 = int(allsteps.min())
+    n = np.zeros(int(allsteps.max()) - s0 + 1, int)
+    if len(c):
+        np.add.at(n, c["step"] - s0, 3)
+        if pairs:
+            np.add.at(n, c["step"][np.array([a for a, _ in pairs])] - s0, 2)
+    if len(m):
+        np.add.at(n, m["step"] - s0, 1)
+    return n, s0
+
+
+def choose_steps(run: Run, steps: tuple | None = None, max_events: int = DEFAULT_MAX_EVENTS,
+                 pairs=None) -> tuple[int, int]:
+    """The steps (first, last, inclusive) an export holds: ``steps`` (default: all), narrowed, when
+    its events would exceed ``max_events`` (0: no limit), to the widest window around the middle
+    of that range that stays within it (at least one step)."""
+    pairs = match_messages(run.comm) if pairs is None else pairs
+    per, s0 = _events_per_step(run, pairs)
+    if not len(per):
+        return (0, -1) if steps is None else steps
+    lo, hi = (s0, s0 + len(per) - 1) if steps is None else steps
+    lo, hi = max(lo, s0), min(hi, s0 + len(per) - 1)
+    if lo > hi or not max_events or per[lo - s0:hi - s0 + 1].sum() <= max_events:
+        return (lo, hi) if lo <= hi else (steps or (lo, hi))
+    a = b = (lo + hi) // 2
+    total = per[a - s0]
+    while True:  # grow one step at a time, right then left, while it fits
+        grew = False
+        for side in (1, 0):
+            if side and b < hi and total + per[b + 1 - s0] <= max_events:
+                b += 1
+                total += per[b - s0]
+                grew = True
+            elif not side and a > lo and total + per[a - 1 - s0] <= max_events:
+                a -= 1
+                total += per[a - s0]
+                grew = True
+        if not grew:
+            return a, b
+
+
+def chrome_trace(run: Run, steps: tuple | None = None,
+                 max_events: int = DEFAULT_MAX_EVENTS) -> dict:
     """The run as a Chrome trace-event / Perfetto JSON object.
 
     - one process per rank (``pid`` = rank, named "rank k (host)");
     - one thread (track) per peer and direction ("send to 3", "recv from 1") and per collective
       op ("allreduce"), split into numbered lanes where operations overlap, so that complete
       events ("X", ``name`` = channel) on one track never overlap;
-    - flow events ("s" -> "f", ``bp`` "e") from each send to its receive, paired by (sender,
-      receiver, tag, channel) in order of posting (MPI's non-overtaking rule); unmatched rows (a
-      killed run) get no flow;
+    - flow events ("s" -> "f", ``bp`` "e") from each send, at its posting, to the completion of
+      its receive, paired by (sender, receiver, tag, channel) in order of posting (MPI's
+      non-overtaking rule); never backwards in time (a pair whose receive completed before the
+      send was posted, possible only with clocks that disagree across hosts, gets no arrow and is
+      counted in ``otherData.flows_backwards``); unmatched rows (a killed run) get no flow;
     - counters ("C") per rank: bytes in flight (send/recv/collective) and each metric's value.
-    Times are microseconds since the run's t = 0.
+
+    Only the rows and metric values of ``steps`` (first, last; default all) are exported, and of
+    those at most about ``max_events`` events (0: no limit): a window of whole steps around the
+    middle (:func:`choose_steps`; ``otherData.steps`` says which). Times are microseconds since
+    the run's t = 0.
     """
-    c = run.comm
+    call = run.comm
+    pairs = match_messages(call)
+    lo, hi = choose_steps(run, steps, max_events, pairs)
+    narrowed = (lo, hi) != choose_steps(run, steps, 0, pairs)  # by max_events
+    keep = (call["step"] >= lo) & (call["step"] <= hi) if len(call) else np.zeros(0, bool)
+    new_index = np.full(len(call), -1)
+    new_index[keep] = np.arange(int(keep.sum()))
+    c = call[keep]
     ev: list[dict] = []
     host = {r.rank: r.attrs.get("hostname", "?") for r in run.ranks}
     for rk in sorted(host):
@@ -39,7 +126,7 @@ def chrome_trace(run: Run) -> dict:
                    "args": {"name": f"rank {rk} ({host[rk]})"}})
         ev.append({"ph": "M", "name": "process_sort_index", "pid": rk, "tid": 0, "ts": 0,
                    "args": {"sort_index": rk}})
-    slice_of = np.zeros(len(c), dtype=[("tid", "<i8"), ("mid", "<f8")])
+    slice_of = np.zeros(len(c), dtype=[("tid", "<i8"), ("t0", "<f8"), ("t1", "<f8")])
     for rk in sorted(host):
         idx = np.nonzero(c["rank"] == rk)[0] if len(c) else np.zeros(0, int)
         if not len(idx):
@@ -72,7 +159,7 @@ def chrome_trace(run: Run) -> dict:
                            "ts": t0, "dur": round(t1 - t0, 3), "pid": rk, "tid": tid + lane[j],
                            "args": {"step": int(row["step"]), "bytes": int(row["nbytes"]),
                                     "peer": int(row["peer"]), "tag": int(row["tag"])}})
-                slice_of[idx[i]] = (tid + lane[j], round((t0 + t1) / 2, 3))
+                slice_of[idx[i]] = (tid + lane[j], t0, round(t0 + round(t1 - t0, 3), 3))
             tid += nl
         # bytes in flight counter
         kinds = np.where(ops == "send", 0, np.where(ops == "recv", 1, 2))
@@ -91,44 +178,44 @@ def chrome_trace(run: Run) -> dict:
     for r in run.ranks:
         for name in metric_names(run):
             s, t, v = r.metric(name)
-            for ti, vi in zip(t, v):
-                if np.isfinite(vi):
+            for si, ti, vi in zip(s, t, v):
+                if lo <= si <= hi and np.isfinite(vi):
                     ev.append({"ph": "C", "name": name, "pid": r.rank, "tid": 0, "ts": _us(ti),
                                "args": {name: float(vi)}})
-    # flows: send k of (src, dst, tag, channel) in posting order -> receive k of the same key
-    n_flows = 0
-    if len(c):
-        sends = np.nonzero(c["op"] == b"send")[0]
-        recvs = np.nonzero(c["op"] == b"recv")[0]
-        def groups(ix, src_field, dst_field):
-            g = {}
-            for i in ix[np.argsort(c["t_post"][ix], kind="stable")]:
-                key = (int(c[src_field][i]), int(c[dst_field][i]), int(c["tag"][i]),
-                       bytes(c["channel"][i]))
-                g.setdefault(key, []).append(i)
-            return g
-        gs, gr = groups(sends, "rank", "peer"), groups(recvs, "peer", "rank")
-        for key, si in gs.items():
-            ri = gr.get(key, [])
-            for a, b in zip(si, ri):
-                n_flows += 1
-                ch = _dec(c["channel"][a])
-                ev.append({"ph": "s", "id": n_flows, "name": ch, "cat": "message",
-                           "ts": float(slice_of["mid"][a]), "pid": int(c["rank"][a]),
-                           "tid": int(slice_of["tid"][a])})
-                ev.append({"ph": "f", "bp": "e", "id": n_flows, "name": ch, "cat": "message",
-                           "ts": float(slice_of["mid"][b]), "pid": int(c["rank"][b]),
-                           "tid": int(slice_of["tid"][b])})
+    # flows: from the send's posting to its receive's completion (the receive slice's end, one
+    # nanosecond inside it so that the arrow binds to that slice), never backwards
+    n_flows = backwards = 0
+    for a_all, b_all in pairs:
+        a, b = new_index[a_all], new_index[b_all]
+        if a < 0 or b < 0:
+            continue  # an end outside the exported steps
+        ts_s = float(slice_of["t0"][a])
+        r0, r1 = float(slice_of["t0"][b]), float(slice_of["t1"][b])
+        ts_f = round(r1 - 0.001, 3) if r1 - r0 >= 0.002 else r1
+        if ts_f < ts_s:
+            backwards += 1
+            continue
+        n_flows += 1
+        ch = _dec(c["channel"][a])
+        ev.append({"ph": "s", "id": n_flows, "name": ch, "cat": "message", "ts": ts_s,
+                   "pid": int(c["rank"][a]), "tid": int(slice_of["tid"][a])})
+        ev.append({"ph": "f", "bp": "e", "id": n_flows, "name": ch, "cat": "message",
+                   "ts": ts_f, "pid": int(c["rank"][b]), "tid": int(slice_of["tid"][b])})
+    first = int(min([int(call["step"].min())] if len(call) else [0]))
+    last = max(run.steps - 1, int(call["step"].max()) if len(call) else -1)
     return {"traceEvents": ev, "displayTimeUnit": "ms",
             "otherData": {"mpidist_run": run.path, "algorithm": run.algorithm,
                           "world_size": run.world_size, "status": run.status,
-                          "flows": n_flows, "args": json.dumps(run.args, default=str)}}
+                          "flows": n_flows, "flows_backwards": backwards,
+                          "steps": [int(lo), int(hi)], "run_steps": [first, last],
+                          "max_events": int(max_events), "narrowed": narrowed,
+                          "args": json.dumps(run.args, default=str)}}
 
 
 def check_chrome_trace(obj: dict) -> list[str]:
     """Problems with a trace-event JSON object (empty list: none): every event has ph, ts, pid and
     tid; "X" durations are >= 0; X slices on one track never partly overlap; each flow id has one
-    "s" and one "f", each inside a slice of its track."""
+    "s" and one "f", each inside a slice of its track, and the "f" not before the "s"."""
     problems = []
     evs = obj.get("traceEvents")
     if not isinstance(evs, list):
@@ -156,6 +243,9 @@ def check_chrome_trace(obj: dict) -> list[str]:
         if len(d.get("s", [])) != 1 or len(d.get("f", [])) != 1:
             problems.append(f"flow {fid}: {len(d.get('s', []))} starts, {len(d.get('f', []))} ends")
             continue
+        if d["f"][0]["ts"] < d["s"][0]["ts"]:
+            problems.append(f"flow {fid}: points backwards in time ({d['s'][0]['ts']} -> "
+                            f"{d['f'][0]['ts']})")
         for e in (d["s"][0], d["f"][0]):
             sl = slices.get((e["pid"], e["tid"]), [])
             if not any(a <= e["ts"] <= b for a, b in sl):
