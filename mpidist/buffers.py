@@ -1,7 +1,8 @@
 """Flat buffers: one contiguous block of memory per message, allocated once.
 
 What :mod:`mpidist.comm` sends and receives lives here (DESIGN.md, "Performance"):
-:func:`aligned_empty` allocates 2 MiB-aligned CPU buffers advised onto huge pages;
+:func:`aligned_empty` allocates 2 MiB-aligned private CPU memory advised onto transparent huge
+pages (:func:`huge_page_bytes`/:func:`anon_huge_pages` say whether the kernel gave them);
 :func:`flatten`/:func:`unflatten` pack tensors into one buffer and view them back out;
 :class:`FlatParams` makes a model's parameters and gradients views into one persistent buffer each,
 so that exchanging them copies nothing; :class:`BufferPool` recycles the byte buffers (snapshots,
@@ -10,33 +11,111 @@ staging) that handles own while a message is in flight. No MPI here.
 from __future__ import annotations
 
 import mmap
+import os
 
 import torch
 
-_ALIGN = 2 << 20  # 2 MiB: one transparent huge page
+_ALIGN = 2 << 20      # 2 MiB: one transparent huge page (x86-64, and arm64 with 4 KiB pages)
+_HUGE_MIN = 1 << 20   # buffers from 1 MiB up go on huge pages; smaller ones come from torch.empty
+_THP = "/sys/kernel/mm/transparent_hugepage/enabled"
+
+
+def thp_mode() -> str:
+    """The kernel's transparent huge page setting: "always", "madvise", "never", or "unavailable"
+    (no such file: another OS, or a kernel without THP)."""
+    try:
+        with open(_THP) as f:
+            text = f.read()
+    except OSError:
+        return "unavailable"
+    return text[text.index("[") + 1:text.index("]")] if "[" in text else text.strip()
+
+
+def _huge_mapping(nbytes: int):
+    """A PRIVATE anonymous mapping of ``nbytes`` rounded up to whole huge pages, plus one huge page
+    of slack to align it, advised with MADV_HUGEPAGE; None where the OS refuses the mapping.
+
+    Private, because the kernel gives transparent huge pages to private anonymous memory only
+    (``transparent_hugepage/enabled``); a shared anonymous mapping (``mmap.mmap(-1, n)``'s
+    default) is shared memory, governed by ``shmem_enabled``, which is ``never`` by default.
+    """
+    size = -(-nbytes // _ALIGN) * _ALIGN + _ALIGN
+    flags = getattr(mmap, "MAP_PRIVATE", 0) | getattr(mmap, "MAP_ANONYMOUS", 0)
+    try:
+        m = mmap.mmap(-1, size, flags=flags) if flags else mmap.mmap(-1, size)
+    except (OSError, ValueError, OverflowError):
+        return None
+    advice = getattr(mmap, "MADV_HUGEPAGE", None)
+    if advice is not None and os.environ.get("MPIDIST_HUGE_PAGES", "1") != "0":
+        try:
+            m.madvise(advice)
+        except (OSError, ValueError):
+            pass  # refused (THP "never", an old kernel): ordinary pages, still 2 MiB aligned
+    return m
 
 
 def aligned_empty(numel: int, dtype=torch.float32, device="cpu") -> torch.Tensor:
-    """An uninitialised 1-D tensor; on the CPU 2 MiB-aligned and advised to use huge pages.
+    """An uninitialised 1-D tensor; from 1 MiB up on the CPU, 2 MiB-aligned private memory advised
+    onto transparent huge pages (:func:`_huge_mapping`), with ``torch.empty`` as the fallback.
 
-    Huge pages halve the TLB misses of large copies (DESIGN.md: 25 vs 12.9 GB/s at 1 MiB).
+    Huge pages cut the TLB misses of large copies: MPI's shared-memory transfer of a 1-64 MiB
+    message between two ranks is 1.6-2.1x as fast from and into them as between naive
+    ``torch.empty`` tensors (tools/README.md, "Benchmarks").
+    ``MPIDIST_HUGE_PAGES=0`` leaves out the advice (for comparisons). The pages come when first
+    touched; :func:`huge_page_bytes` says how many of a tensor's bytes the kernel put on them.
     """
     device = torch.device(device)
     if device.type != "cpu":
         return torch.empty(numel, dtype=dtype, device=device)
     itemsize = torch.empty(0, dtype=dtype).element_size()
-    nbytes = max(numel * itemsize, 1)
-    if nbytes < (256 << 10):
+    nbytes = numel * itemsize
+    if nbytes < _HUGE_MIN:
         return torch.empty(numel, dtype=dtype)
-    m = mmap.mmap(-1, nbytes + _ALIGN)
-    if hasattr(mmap, "MADV_HUGEPAGE"):
-        try:
-            m.madvise(mmap.MADV_HUGEPAGE)
-        except OSError:
-            pass
-    raw = torch.frombuffer(m, dtype=torch.uint8)  # keeps the mmap alive
+    m = _huge_mapping(nbytes)
+    if m is None:
+        return torch.empty(numel, dtype=dtype)
+    raw = torch.frombuffer(m, dtype=torch.uint8)  # the tensor's storage keeps the mapping alive
     offset = (-raw.data_ptr()) % _ALIGN
-    return raw[offset: offset + numel * itemsize].view(dtype)
+    return raw[offset: offset + nbytes].view(dtype)
+
+
+def aligned_zeros(numel: int, dtype=torch.float32, device="cpu") -> torch.Tensor:
+    """:func:`aligned_empty` filled with zeros (which also touches, so faults in, its pages)."""
+    return aligned_empty(numel, dtype, device).zero_()
+
+
+def _smaps_fields(path: str, fields: tuple, address: int | None = None) -> dict:
+    """kB fields of ``/proc/self/smaps_rollup`` (the whole process) or, with ``address``, of the
+    mapping of ``/proc/self/smaps`` that holds it, in bytes; {} where the file is missing."""
+    out, inside = {}, address is None
+    try:
+        with open(path) as f:
+            for line in f:
+                head = line.split(None, 1)[0] if line.strip() else ""
+                if address is not None and "-" in head and not head.endswith(":"):
+                    lo, hi = (int(x, 16) for x in head.split("-"))
+                    if inside:
+                        break  # past the mapping we wanted
+                    inside = lo <= address < hi
+                    continue
+                if inside and head.rstrip(":") in fields:
+                    out[head.rstrip(":")] = int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        return {}
+    return out
+
+
+def anon_huge_pages() -> int:
+    """Bytes of this process's anonymous memory on transparent huge pages (``AnonHugePages`` of
+    /proc/self/smaps_rollup); -1 where the OS does not say."""
+    return _smaps_fields("/proc/self/smaps_rollup", ("AnonHugePages",)).get("AnonHugePages", -1)
+
+
+def huge_page_bytes(t: torch.Tensor) -> int:
+    """Bytes of the mapping holding ``t``'s memory that lie on transparent huge pages
+    (``AnonHugePages`` of its /proc/self/smaps entry); -1 where the OS does not say."""
+    return _smaps_fields("/proc/self/smaps", ("AnonHugePages",), t.data_ptr()).get(
+        "AnonHugePages", -1)
 
 
 def flatten(tensors, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -115,11 +194,13 @@ class FlatParams:
 
 
 class Block:
-    """A pooled byte buffer: ``tensor`` (uint8), its address ``ptr`` and size ``nbytes``."""
-    __slots__ = ("tensor", "ptr", "nbytes", "key")
+    """A pooled byte buffer: ``tensor`` (uint8), its address ``ptr`` and size ``nbytes``;
+    ``view`` is free for the user's own view of it, made once (mpidist.comm keeps MPI's there)."""
+    __slots__ = ("tensor", "ptr", "nbytes", "key", "view")
 
     def __init__(self, tensor: torch.Tensor, key):
         self.tensor, self.ptr, self.nbytes, self.key = tensor, tensor.data_ptr(), tensor.numel(), key
+        self.view = None
 
 
 class BufferPool:
@@ -147,3 +228,18 @@ class BufferPool:
 def _bytes(t: torch.Tensor) -> torch.Tensor:
     """The tensor's memory as a flat uint8 tensor (a view)."""
     return t.reshape(-1).view(torch.uint8)
+
+
+def attach_grads(tensors, views) -> None:
+    """Make each parameter's ``.grad`` its view of the flat gradient buffer again: a ``.grad`` that
+    ``zero_grad(set_to_none=True)`` detached (autograd then made a new one) is copied in and the
+    view re-attached; a parameter without a gradient counts as zero."""
+    for p, view in zip(tensors, views):
+        g = p.grad
+        if g is None:
+            view.zero_()
+        elif g.data_ptr() != view.data_ptr():
+            view.copy_(g)
+        else:
+            continue
+        p.grad = view

@@ -13,6 +13,9 @@ every byte an algorithm moves becomes one row of the trace (`mpidist.trace`).
 - CUDA tensors: with a CUDA-aware MPI (detected at start-up, see :func:`cuda_aware_mpi`) device
   buffers go to MPI directly after the current stream is synchronised; otherwise they are staged
   through pinned host buffers.
+- ``send_init``/``recv_init``: a fixed message (same buffer, same peer, every step) as an MPI
+  persistent request made once; ``start()`` posts it again and returns its handle
+  (:class:`Persistent`), with less Python per message than ``isend``/``irecv``.
 - ``wait(timeout)`` raises :class:`CommTimeout` naming rank, peer, tag and channel when the deadline
   passes, which is how algorithms avoid hanging on a dead peer.
 - :class:`LinkModel` (off by default) delays completions as a network of given latency and bandwidth
@@ -33,23 +36,25 @@ from live in modules of one job each, whose names it re-exports:
 """
 from __future__ import annotations
 
+import atexit
 import ctypes
 import pickle
 import struct
+import weakref
 
 import numpy as np
 import torch
 from mpi4py import MPI
 
-from .buffers import (Block, BufferPool, FlatParams, _bytes, aligned_empty, flatten,
-                      trainable_tensors, unflatten)
+from .buffers import (Block, BufferPool, FlatParams, _bytes, aligned_empty, aligned_zeros,
+                      flatten, trainable_tensors, unflatten)
 from .cuda_aware import cuda_aware_mpi
 from .handles import CommError, CommTimeout, Handle, waitall
 from .link import LinkModel
 
-__all__ = ["Communicator", "Handle", "waitall", "CommError", "CommTimeout", "LinkModel",
-           "cuda_aware_mpi", "aligned_empty", "flatten", "unflatten", "trainable_tensors",
-           "FlatParams", "Block", "BufferPool"]
+__all__ = ["Communicator", "Persistent", "Handle", "waitall", "CommError", "CommTimeout",
+           "LinkModel", "cuda_aware_mpi", "aligned_empty", "aligned_zeros", "flatten", "unflatten",
+           "trainable_tensors", "FlatParams", "Block", "BufferPool"]
 
 # --------------------------------------------------------------------------------- MPI plumbing
 
@@ -58,7 +63,7 @@ _MPI_TYPES = {torch.float32: MPI.FLOAT, torch.float64: MPI.DOUBLE, torch.int32: 
 _OPS = {"sum": MPI.SUM, "avg": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}
 _TRAILER = struct.Struct("<d")
 
-_EMPTY = MPI.buffer(b"")
+_EMPTY = MPI.buffer(bytearray())  # writable: a 0-element tensor may also be received into
 
 
 def _mpi_buffer(t: torch.Tensor):
@@ -95,6 +100,7 @@ class Communicator:
         self.pool = BufferPool()
         self.step = 0
         self._names: dict[str, bytes] = {}
+        self._views: dict[tuple, object] = {}  # (address, nbytes) -> MPI view, see _view
 
     # ------------------------------------------------------------------ helpers
     def _name(self, channel: str) -> bytes:
@@ -121,13 +127,39 @@ class Communicator:
             torch.cuda.current_stream(t.device).synchronize()
 
     # ------------------------------------------------------------------ point to point
+    def _view(self, t: torch.Tensor, nbytes: int):
+        """MPI's view of a contiguous CPU tensor's bytes, remembered by (address, size): a view is
+        only an address and a length, so the same pair always gives the same view."""
+        key = (t.data_ptr(), nbytes)
+        buf = self._views.get(key)
+        if buf is None:
+            if len(self._views) >= 4096:
+                self._views.clear()
+            buf = self._views[key] = MPI.buffer.fromaddress(key[0], nbytes) if nbytes else _EMPTY
+        return buf
+
     def isend(self, tensor: torch.Tensor, dest: int, tag: int = 0, channel: str = "data",
               snapshot: bool = True) -> Handle:
         """Post a send of ``tensor`` to ``dest``. With ``snapshot`` (default) the bytes are copied
         first, so the caller may change ``tensor`` at once; otherwise it must not until ``wait()``."""
-        self._check(tensor, f"isend to {dest} on '{channel}'")
+        if not isinstance(tensor, torch.Tensor) or not tensor.is_contiguous():
+            self._check(tensor, f"isend to {dest} on '{channel}'")
         t_post = self.clock()
         nbytes = tensor.nbytes
+        name = self._names.get(channel) or self._name(channel)
+        if self.link is None and not tensor.is_cuda:  # the CPU path, kept short (small messages)
+            block = None
+            if snapshot and nbytes:  # one memcpy into a pooled block, no torch op
+                free = self.pool._free.get((nbytes, "cpu", False))
+                block = free.pop() if free else self.pool.get(nbytes)
+                ctypes.memmove(block.ptr, tensor.data_ptr(), nbytes)
+                buf = block.view
+                if buf is None:
+                    buf = block.view = MPI.buffer.fromaddress(block.ptr, nbytes)
+            else:
+                buf = self._views.get((tensor.data_ptr(), nbytes)) or self._view(tensor, nbytes)
+            return Handle(self, self.mpi.Isend(buf, dest, tag), b"send", dest, tag, name, nbytes,
+                          t_post, tensor, block, None, 0.0, self.step)
         t_ready, block, trailer = 0.0, None, 0
         if self.link is not None:
             t_ready, arrive = self.link.send(t_post, nbytes)
@@ -152,14 +184,20 @@ class Communicator:
         else:
             buf = MPI.buffer.fromaddress(block.ptr, block.nbytes) if block.nbytes else _EMPTY
         req = self.mpi.Isend(buf, dest, tag)
-        return Handle(self, req, b"send", dest, tag, self._name(channel), nbytes, t_post, tensor,
-                      block, None, t_ready)
+        return Handle(self, req, b"send", dest, tag, name, nbytes, t_post, tensor, block, None,
+                      t_ready, self.step)
 
     def irecv(self, out: torch.Tensor, source: int, tag: int = 0, channel: str = "data") -> Handle:
         """Post a receive into ``out`` (contiguous; its size is the expected message size)."""
-        self._check(out, f"irecv from {source} on '{channel}'")
+        if not isinstance(out, torch.Tensor) or not out.is_contiguous():
+            self._check(out, f"irecv from {source} on '{channel}'")
         t_post = self.clock()
         nbytes = out.nbytes
+        name = self._names.get(channel) or self._name(channel)
+        if self.link is None and not out.is_cuda:  # the CPU path, kept short (small messages)
+            buf = self._views.get((out.data_ptr(), nbytes)) or self._view(out, nbytes)
+            return Handle(self, self.mpi.Irecv(buf, source, tag), b"recv",
+                          source, tag, name, nbytes, t_post, out, None, None, 0.0, self.step)
         trailer = _TRAILER.size if self.link is not None else 0
         staged = out.is_cuda and self._staged(out)
         if staged or trailer:
@@ -169,8 +207,23 @@ class Communicator:
         else:
             block, finish, buf = None, None, _mpi_buffer(out)
         req = self.mpi.Irecv(buf, source, tag)
-        return Handle(self, req, b"recv", source, tag, self._name(channel), nbytes, t_post, out,
-                      block, finish)
+        return Handle(self, req, b"recv", source, tag, name, nbytes, t_post, out, block, finish,
+                      0.0, self.step)
+
+    def send_init(self, tensor: torch.Tensor, dest: int, tag: int = 0,
+                  channel: str = "data") -> "Persistent":
+        """A send of ``tensor`` to ``dest`` made once and started again and again (MPI's persistent
+        requests): see :class:`Persistent`. Sends the tensor's memory itself (no snapshot): leave
+        it alone from ``start()`` to ``wait()``."""
+        self._check(tensor, f"send_init to {dest} on '{channel}'")
+        return Persistent(self, tensor, dest, tag, channel, True)
+
+    def recv_init(self, out: torch.Tensor, source: int, tag: int = 0,
+                  channel: str = "data") -> "Persistent":
+        """A receive into ``out`` from ``source`` made once and started again and again: see
+        :class:`Persistent`."""
+        self._check(out, f"recv_init from {source} on '{channel}'")
+        return Persistent(self, out, source, tag, channel, False)
 
     # ------------------------------------------------------------------ collectives
     def iallreduce(self, tensor: torch.Tensor, op: str = "sum", channel: str = "allreduce") -> Handle:
@@ -270,6 +323,90 @@ class Communicator:
         """Blocking (deadline-bounded) allreduce of one float64, traced; for losses, flags, votes."""
         t = torch.tensor([float(value)], dtype=torch.float64)
         return float(self.iallreduce(t, op, channel).wait()[0])
+
+
+class Persistent:
+    """A fixed message, between the same buffer and peer at every step (D-PSGD's neighbour
+    exchange): MPI's persistent request (``MPI_Send_init``/``MPI_Recv_init``)
+    made once, so each :meth:`start` is one ``MPI_Start`` and one :class:`Handle`, without the
+    checks and buffer views of :meth:`Communicator.isend`. Every completed message is one trace row,
+    as with ``isend``/``irecv``.
+
+    ``start()`` returns the handle of this message; starting again before that handle completed
+    raises :class:`CommError` (MPI allows one message in flight per persistent request). Where a
+    persistent request does not fit (CUDA tensors, the emulated link) ``start()`` posts an ordinary
+    ``isend(snapshot=False)``/``irecv``. :meth:`free` releases the request (after waiting for a
+    message in flight); so does garbage collection, and, for those still alive, the end of the
+    program before MPI finalizes (else MPICH warns of leaked requests).
+    """
+    __slots__ = ("comm", "tensor", "peer", "tag", "channel", "send", "req", "handle",
+                 "__weakref__")
+
+    def __init__(self, comm: Communicator, tensor: torch.Tensor, peer: int, tag: int,
+                 channel: str, send: bool):
+        self.comm, self.tensor, self.peer, self.tag, self.send = comm, tensor, peer, tag, send
+        self.channel = channel
+        self.handle = None
+        self.req = None
+        if comm.link is None and not tensor.is_cuda:
+            view = comm._view(tensor, tensor.nbytes)
+            self.req = (comm.mpi.Send_init if send else comm.mpi.Recv_init)(view, peer, tag)
+            _LIVE.add(self)
+
+    def start(self) -> Handle:
+        h = self.handle
+        if h is not None and h.state != 2:
+            raise CommError(f"rank {self.comm.rank}: {h.describe()} started again before its "
+                            "previous message completed (wait for its handle first)")
+        c = self.comm
+        req = self.req
+        if req is None:
+            if self.send:
+                h = c.isend(self.tensor, self.peer, self.tag, self.channel, snapshot=False)
+            else:
+                h = c.irecv(self.tensor, self.peer, self.tag, self.channel)
+        else:
+            t_post = c.clock()
+            req.Start()
+            h = Handle(c, req, b"send" if self.send else b"recv", self.peer, self.tag,
+                       c._names.get(self.channel) or c._name(self.channel), self.tensor.nbytes,
+                       t_post, self.tensor, None, None, 0.0, c.step)
+        self.handle = h
+        return h
+
+    def free(self) -> None:
+        """Wait for a message in flight, then release the MPI request."""
+        if self.handle is not None and self.handle.state != 2:
+            self.handle.wait()
+        self._release()
+        self.handle = None
+
+    def _release(self) -> None:
+        """Free the MPI request unless a message is in flight on it (or MPI has ended)."""
+        req, h = self.req, self.handle
+        if req is None or (h is not None and h.state != 2):
+            return
+        self.req = None
+        if MPI.Is_initialized() and not MPI.Is_finalized():
+            req.Free()
+
+    def __del__(self):
+        try:
+            self._release()
+        except Exception:  # noqa: BLE001 - never raise from garbage collection
+            pass
+
+
+_LIVE: "weakref.WeakSet[Persistent]" = weakref.WeakSet()
+
+
+@atexit.register  # registered after mpi4py's MPI_Finalize hook, so it runs before it
+def _release_all() -> None:
+    for p in list(_LIVE):
+        try:
+            p._release()
+        except Exception:  # noqa: BLE001 - the program is ending
+            pass
 
 
 def _finish_staged_recv(out: torch.Tensor, block: Block, nbytes: int, trailer: int):

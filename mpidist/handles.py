@@ -22,6 +22,7 @@ class CommTimeout(CommError):
 
 
 _SPIN_SECONDS = 0.02  # poll without sleeping this long, then poll with short sleeps
+_SPIN_PER_BYTE = 1e-9  # ... or as long as its bytes take at 1 GB/s, if longer (large messages)
 
 
 class Handle:
@@ -30,22 +31,48 @@ class Handle:
     ``wait(timeout)`` blocks until completion (and, with a link model, emulated arrival) and returns
     the result tensor (the received tensor for irecv, the reduced tensor for iallreduce, the sent
     tensor for isend); ``test()`` returns True once it has completed, without blocking.
+
+    What the trace row needs is one tuple, ``row`` = (step, op, peer, tag, channel, nbytes,
+    t_post), made once at posting; ``op``, ``peer``, ... read it. The path of a small message is
+    kept short, since it is most of what mpidist adds to MPI's latency (tools/README.md,
+    "Benchmarks"): few attributes to set, MPI's completion polled before any deadline is set up,
+    the trace row written by one call.
     """
-    __slots__ = ("comm", "req", "op", "peer", "tag", "channel", "nbytes", "step", "t_post",
-                 "t_ready", "result", "buf", "finish", "mpi_done", "done", "t_done")
+    __slots__ = ("comm", "req", "row", "result", "buf", "finish", "t_ready", "state", "t_done")
 
     def __init__(self, comm, req, op, peer, tag, channel, nbytes, t_post, result, buf=None,
-                 finish=None, t_ready=0.0):
-        self.comm, self.req, self.op, self.peer, self.tag = comm, req, op, peer, tag
-        self.channel, self.nbytes, self.t_post, self.result = channel, nbytes, t_post, result
-        self.buf, self.finish, self.t_ready = buf, finish, t_ready
-        self.step = comm.step
-        self.mpi_done = self.done = False
+                 finish=None, t_ready=0.0, step=None):
+        self.comm = comm
+        self.req = req
+        self.row = (comm.step if step is None else step, op, peer, tag, channel, nbytes, t_post)
+        self.result = result
+        self.buf = buf
+        self.finish = finish
+        self.t_ready = t_ready
+        self.state = 0  # 0 posted, 1 MPI has finished with the buffers, 2 completed and recorded
         self.t_done = 0.0
+
+    @property
+    def step(self) -> int:
+        return self.row[0]
+
+    @step.setter
+    def step(self, value: int) -> None:
+        """Restamp the message's step (MD-GAN stamps a round's messages with its last step)."""
+        self.row = (value,) + self.row[1:]
+
+    op = property(lambda self: self.row[1])
+    peer = property(lambda self: self.row[2])
+    tag = property(lambda self: self.row[3])
+    channel = property(lambda self: self.row[4])
+    nbytes = property(lambda self: self.row[5])
+    t_post = property(lambda self: self.row[6])
+    mpi_done = property(lambda self: self.state >= 1)
+    done = property(lambda self: self.state == 2)
 
     def _mpi_complete(self) -> None:
         """MPI has finished with the buffers: unstage, reduce-average, set the emulated arrival."""
-        self.mpi_done = True
+        self.state = 1
         if self.finish is not None:
             self.finish(self)
         if self.buf is not None:
@@ -54,16 +81,15 @@ class Handle:
 
     def _record(self, now: float) -> None:
         self.t_done = now
-        self.done = True
+        self.state = 2
         trace = self.comm.trace
         if trace is not None:
-            trace.comm(self.step, self.op, self.peer, self.tag, self.channel, self.nbytes,
-                       self.t_post, now)
+            trace.comm(*self.row, now)
 
     def test(self) -> bool:
-        if self.done:
+        if self.state == 2:
             return True
-        if not self.mpi_done:
+        if self.state == 0:
             if not self.req.Test():
                 return False
             self._mpi_complete()
@@ -76,22 +102,43 @@ class Handle:
     def wait(self, timeout: float | None = None):
         """Complete the operation; raise CommTimeout after ``timeout`` seconds (default: the
         communicator's ``timeout``; ``float('inf')`` waits for ever)."""
-        if self.done:
+        state = self.state
+        if state == 2:
             return self.result
-        if not self.mpi_done:
-            req = self.req
-            if not req.Test():
-                timeout = self.comm.timeout if timeout is None else timeout
-                if timeout == float("inf"):
-                    req.Wait()
-                else:
-                    _poll(req.Test, timeout, self)
-            self._mpi_complete()
-        now = self.comm.clock()
-        if now < self.t_ready:
+        comm = self.comm
+        if state == 0:
+            test = self.req.Test
+            try:
+                if not (test() or test() or test() or test()):
+                    timeout = comm.timeout if timeout is None else timeout
+                    if timeout == float("inf"):
+                        self.req.Wait()
+                    else:
+                        _poll(test, timeout, self)
+            except MPI.Exception as e:   # a peer died (kill -9, a lost node): say which one
+                who = f"rank {self.peer}" if self.peer >= 0 else "one of the other ranks"
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise CommError(f"rank {comm.rank}: {self.describe()} failed: {who} is gone or "
+                                f"unreachable (MPI: {first[:160]})") from None
+            if self.finish is None and self.buf is None:
+                self.state = 1
+            else:
+                self._mpi_complete()
+        now = comm.clock()
+        if now < self.t_ready:   # the emulated link delivers it later: that wait has a deadline too
+            timeout = comm.timeout if timeout is None else timeout
+            if self.t_ready - now > timeout:
+                time.sleep(timeout)
+                raise CommTimeout(f"rank {comm.rank}: timed out after {timeout:g} s waiting for "
+                                  f"{self.describe()} (the emulated link delivers it "
+                                  f"{self.t_ready - now:.3g} s after the wait began)")
             time.sleep(self.t_ready - now)
-            now = self.comm.clock()
-        self._record(now)
+            now = comm.clock()
+        self.t_done = now
+        self.state = 2
+        trace = comm.trace
+        if trace is not None:
+            trace.comm(*self.row, now)
         return self.result
 
     def cancel(self) -> bool:
@@ -100,18 +147,18 @@ class Handle:
         if it was cancelled before a message matched it (no trace row, the buffer keeps its old
         contents; a message not yet matched stays for a later receive), False if it had matched
         one (then it completes and is recorded as usual)."""
-        if self.done:
+        if self.state == 2:
             return False
         if self.op != b"recv":
             raise CommError(f"cancel: only receives can be cancelled, not {self.describe()}")
-        if not self.mpi_done:
+        if self.state == 0:
             self.req.Cancel()
             status = MPI.Status()
             self.req.Wait(status)
             if status.Is_cancelled():
                 self.finish = None  # nothing arrived: no unstaging
                 self._mpi_complete()  # gives any pooled buffer back
-                self.done = True
+                self.state = 2
                 return True
             self._mpi_complete()
         self.wait()
@@ -126,10 +173,13 @@ class Handle:
 def _poll(test, timeout: float, handle: Handle) -> None:
     """Poll ``test`` until true: spin first (latency), yielding the core between batches of polls
     so that a peer sharing this core (ranks oversubscribing the cores) runs instead of waiting for
-    our time slice to end (as MPICH's own blocking wait does); after ``_SPIN_SECONDS`` sleep
-    briefly between polls; raise CommTimeout past ``timeout``."""
+    our time slice to end (as MPICH's own blocking wait does); after ``_SPIN_SECONDS``, or the
+    time the message's bytes take at 1 GB/s if longer, sleep briefly between polls (a large
+    message in MPI's shared-memory pipeline moves only while both ranks poll, so napping during
+    it would slow it down); raise CommTimeout past ``timeout``."""
     t0 = time.monotonic()
-    spin_end, deadline = t0 + _SPIN_SECONDS, t0 + timeout
+    spin = max(_SPIN_SECONDS, handle.row[5] * _SPIN_PER_BYTE)
+    spin_end, deadline = t0 + spin, t0 + timeout
     nap = 20e-6
     yield_ = os.sched_yield
     while True:

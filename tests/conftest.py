@@ -2,7 +2,8 @@
 
 - ``run_mpi(n, args, timeout)`` runs ``mpiexec -n n python <args>`` with a timeout, so that a
   deadlock fails the test with what was printed instead of hanging; ``check(proc)`` asserts the
-  exit status and shows the output when it fails. Multi-rank launches are expensive on 2 cores
+  exit status and shows the output when it fails; ``check_program(proc)`` asserts a check
+  program's status against its PASS/FAIL lines (1 exactly when one FAILed). Multi-rank launches are expensive on 2 cores
   (each rank imports torch): batch checks into few launches. (Test files import them from
   ``mpirun``, which re-exports them.)
 - Hermetic: every launch and every in-process test sees ``MPIDIST_CACHE`` in a temporary folder of
@@ -80,6 +81,17 @@ def run_mpi(n: int, args: list[str], timeout: float = 120, env: dict | None = No
         err = (t.stderr or b"").decode(errors="replace") if isinstance(t.stderr, bytes) else (t.stderr or "")
         pytest.fail(f"mpiexec -n {n} {' '.join(args)} did not finish in {timeout} s "
                     f"(deadlock?)\n--- stdout\n{out[-3000:]}\n--- stderr\n{err[-3000:]}")
+
+
+def check_program(proc: subprocess.CompletedProcess) -> str:
+    """A check program's exit status goes with its lines (tests/programs/checks.py): 1 when it
+    printed a ``FAIL`` line, else 0; anything else (a crash, a deadlock broken by a signal) fails
+    here. Returns stdout, for the caller to parse line by line."""
+    failed = [ln for ln in proc.stdout.splitlines() if ln.startswith("FAIL ")]
+    assert proc.returncode == (1 if failed else 0), (
+        f"exit {proc.returncode} with {len(failed)} FAIL lines\n--- stdout\n{proc.stdout[-4000:]}"
+        f"\n--- stderr\n{proc.stderr[-4000:]}")
+    return proc.stdout
 
 
 def check(proc: subprocess.CompletedProcess, code: int = 0) -> str:

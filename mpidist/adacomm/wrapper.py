@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from ..buffers import unflatten
+from ..buffers import attach_grads, unflatten
 from ..errors import UsageError
 from .exchange import FlatState, GradientAverager, ModelAverager
 from .optimizer import FlatSGD, PeriodicAveragingSGD, Report
@@ -154,15 +154,7 @@ class AdaComm:
         """The flat gradient buffer must hold this step's gradient (sync averages it, FlatSGD reads
         it): a ``.grad`` that ``zero_grad(set_to_none=True)`` detached is copied in and the view
         re-attached; a parameter without a gradient counts as zero."""
-        for p, view in zip(self.state.tensors, self._gviews):
-            g = p.grad
-            if g is None:
-                view.zero_()
-            elif g.data_ptr() != view.data_ptr():
-                view.copy_(g)
-            else:
-                continue
-            p.grad = view
+        attach_grads(self.state.tensors, self._gviews)
 
     def _set_lr(self) -> None:
         """eta of this step: the user's (a change of the optimizer's lr is taken into the

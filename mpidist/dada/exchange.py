@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from ..comm import FlatParams, flatten, unflatten, waitall
+from ..comm import FlatParams, aligned_empty, flatten, unflatten, waitall
 from ..errors import UsageError
 from .rules import rank_order_mean
 from .tasks import Domain, load_domain
@@ -31,8 +31,8 @@ class DiscExchange:
     def __init__(self, comm, numel: int, dtype, device, channel: str):
         self.comm, self.channel = comm, channel
         self.peers = [r for r in range(comm.size) if r != comm.rank]
-        self.recv = {r: torch.empty(numel, dtype=dtype, device=device) for r in self.peers}
-        self.mean = torch.empty(numel, dtype=dtype, device=device)
+        self.recv = {r: aligned_empty(numel, dtype, device) for r in self.peers}
+        self.mean = aligned_empty(numel, dtype, device)
         self.handles, self.own = [], None
         self.syncs = self.bytes_sent = self.bytes_received = 0
 

@@ -52,17 +52,15 @@ class NeighbourExchange:
         self.snapshot = aligned_empty(numel, dtype, device)
         self.inbox = [aligned_empty(numel, dtype, device) for _ in self.peers]
         self._handles: list = []
+        self._plan = ([comm.recv_init(buf, j, tag, channel) for j, buf in zip(self.peers, self.inbox)]
+                      + [comm.send_init(self.snapshot, j, tag, channel) for j in self.peers])
 
     def post(self, x: torch.Tensor) -> None:
         """Post the receives of the neighbours' models and the sends of ``x`` (copied first)."""
         if self._handles:
             raise RuntimeError("NeighbourExchange.post: the previous exchange was not waited for")
-        c = self.comm
         self.snapshot.copy_(x)
-        self._handles = [c.irecv(buf, j, self.tag, self.channel)
-                         for j, buf in zip(self.peers, self.inbox)]
-        self._handles += [c.isend(self.snapshot, j, self.tag, self.channel, snapshot=False)
-                          for j in self.peers]
+        self._handles = [p.start() for p in self._plan]  # persistent requests (mpidist.comm)
 
     def wait(self) -> list[torch.Tensor]:
         """Complete every receive and send of the last ``post``; the neighbours' models."""

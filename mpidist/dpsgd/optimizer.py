@@ -29,6 +29,7 @@ import contextlib
 import torch
 
 from .. import topology
+from ..buffers import attach_grads
 from ..comm import FlatParams, unflatten
 from . import rules
 from .exchange import broadcast_init, consensus
@@ -104,15 +105,7 @@ class DPSGD:
         """Make sure the flat gradient buffer holds this step's gradient: a ``.grad`` that the
         user's ``zero_grad(set_to_none=True)`` detached (autograd then made a new one) is copied
         in and the view re-attached; a parameter without a gradient counts as zero."""
-        for p, view in zip(self.fp.tensors, self._views):
-            g = p.grad
-            if g is None:
-                view.zero_()
-            elif g.data_ptr() != view.data_ptr():
-                view.copy_(g)
-            else:
-                continue
-            p.grad = view
+        attach_grads(self.fp.tensors, self._views)
 
     def step(self, closure=None):
         """One iteration, after the gradient g_i(x_k) is in the model's ``.grad`` (or computed by

@@ -25,7 +25,7 @@ import time
 
 import torch
 
-from ..comm import waitall
+from ..comm import aligned_empty, waitall
 
 TAG_XG, TAG_XD, TAG_FEEDBACK, TAG_NOTICE, TAG_MEMBERSHIP, TAG_SWAP = 11, 12, 13, 14, 15, 16
 TAG_INIT = 17
@@ -110,7 +110,7 @@ class WorkerLinks:
         self.x_g = torch.empty((b,) + tuple(sample_shape), device=device)
         self.x_d = torch.empty((b,) + tuple(sample_shape), device=device)
         self.member = torch.zeros(num_workers + 1, dtype=torch.int32)
-        self.swap_buf = torch.empty_like(theta)
+        self.swap_buf = aligned_empty(theta.numel(), theta.dtype, theta.device).view(theta.shape)
 
     def pull(self) -> tuple:
         """X_n^(g), X_n^(d) <- Pull(C): the handles of (X^(d), X^(g))."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..comm import FlatParams, waitall
+from ..comm import FlatParams, aligned_empty, waitall
 from .exchange import ServerLinks, server_round
 from .rules import assemble_grad, distribute, fake_labels, generate, swap_due
 
@@ -90,8 +90,9 @@ class FLGANServer:
         _, self.D = setup.models()
         self.fpG, self.fpD = FlatParams(G), FlatParams(self.D)
         self.workers = list(range(1, setup.N + 1))
-        self.w_in = torch.empty(setup.N, self.fpG.numel, device=setup.device)
-        self.theta_in = torch.empty(setup.N, self.fpD.numel, device=setup.device)
+        dt, n = torch.get_default_dtype(), setup.N  # receive buffers: a row per worker
+        self.w_in = aligned_empty(n * self.fpG.numel, dt, setup.device).view(n, -1)
+        self.theta_in = aligned_empty(n * self.fpD.numel, dt, setup.device).view(n, -1)
 
     def round(self, end: int) -> None:
         """The round ending at iteration ``end``: send, receive, average."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from .. import topology
-from ..comm import waitall
+from ..comm import aligned_empty, aligned_zeros, waitall
 from ..errors import UsageError
 from .rules import UpdateRule, Variant
 
@@ -55,7 +55,7 @@ class Mailbox:
         self.comm, self.peer, self.channels, self.numel = comm, peer, list(channels), numel
         self.lag, self.first, self.last = lag, first, last
         self.slots = lag + 1
-        self.bufs = [[torch.zeros(numel + 1, dtype=dtype, device=device) for _ in self.channels]
+        self.bufs = [[aligned_zeros(numel + 1, dtype, device) for _ in self.channels]
                      for _ in range(self.slots)]
         self.handles: list = [None] * self.slots
         c, saved = resume if resume is not None else (first - 1, {})
@@ -157,8 +157,8 @@ class Outbox:
         if not dests:
             return
         self._recycle()
-        buf = self.free.pop() if self.free else torch.empty(self.numel + 1, dtype=self.dtype,
-                                                             device=self.device)
+        buf = self.free.pop() if self.free else aligned_empty(self.numel + 1, self.dtype,
+                                                               self.device)
         buf[:self.numel].copy_(src)
         buf[self.numel] = stamp
         hs = [self.comm.isend(buf, d, tag, channel, snapshot=False) for d in dests]

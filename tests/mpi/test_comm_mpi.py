@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from mpirun import run_mpi
+from mpirun import check_program, run_mpi
 
 CHECKS = ["ring_exchange", "snapshot_protects_send", "matches_blocking_reference",
           "allreduce_sum_avg_max", "overlapping_collectives", "bcast_from_last",
@@ -23,6 +23,7 @@ def results(n):
 @pytest.mark.parametrize("name", CHECKS)
 def test_check(n, name):
     proc = results(n)
+    check_program(proc)  # exit 1 exactly when a check FAILed on some rank
     passed = set(int(r) for r in re.findall(rf"^PASS {name} rank (\d+)$", proc.stdout, re.M))
     failed = re.findall(rf"^FAIL {name} rank \d+: .*$", proc.stdout, re.M)
     assert not failed and passed == set(range(n)), (

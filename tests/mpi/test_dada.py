@@ -6,7 +6,7 @@ import re
 import pytest
 
 from mpidist import trace
-from mpirun import PROGRAMS, check, run_mpi
+from mpirun import PROGRAMS, check, check_program, run_mpi
 
 
 
@@ -60,7 +60,7 @@ def checks(tmp_path_factory):
 @pytest.mark.parametrize("n", [2, 3])
 def test_multirank_checks(n, checks):
     proc, _ = checks(n)
-    out = check(proc)
+    out = check_program(proc)
     res = _parse(out)
     want = EXPECTED_CHECKS if n == 2 else QUICK_CHECKS
     assert set(res) == want, f"missing: {want - set(res)}\n{out[-3000:]}"

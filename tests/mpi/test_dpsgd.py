@@ -9,7 +9,7 @@ import subprocess
 import numpy as np
 import torch
 
-from mpirun import REPO, check, run_mpi  # noqa: E402
+from mpirun import REPO, check, check_program, run_mpi  # noqa: E402
 
 from mpidist import models, topology, trace
 
@@ -39,7 +39,7 @@ def test_real_exchange_matches_closed_form_under_mpi(tmp_path):
     """6 ranks, one launch: Worker over mpidist.comm = W X - eta G for ring, full, exponential
     (both mixings), one step and 4 steps; pure mixing contracts by rho (ring, exponential)."""
     d = tmp_path / "t"
-    out = check(run_mpi(6, ["tests/programs/dpsgd_checks.py", "--trace-dir", str(d), "--quiet"],
+    out = check_program(run_mpi(6, ["tests/programs/dpsgd_checks.py", "--trace-dir", str(d), "--quiet"],
                         timeout=240))
     lines = [ln for ln in out.splitlines() if ln.startswith(("PASS", "FAIL"))]
     assert len(lines) == 2 * 6 + 4, out

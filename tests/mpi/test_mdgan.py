@@ -2,13 +2,12 @@
 launch checks and holds the checks that need no launch."""
 from __future__ import annotations
 import os
-import time
 
 import numpy as np
 
 from mpidist import trace
 
-from mpirun import check, run_mpi
+from mpirun import check, check_program, run_mpi
 
 
 # ------------------------------------------------------------------------ multi-rank runs
@@ -28,7 +27,7 @@ def test_mpi_checks(tmp_path):
     the trace, its swaps are permutations of the live workers, it ends with the expected live
     workers; an FL-GAN run moves |theta| + |w| each way per worker and round."""
     proc = run_mpi(4, [os.path.join("tests", "programs", "mdgan_checks.py"), str(tmp_path)], timeout=420)
-    out = check(proc)
+    out = check_program(proc)
     res = _parse_checks(out)
     expected = {"feedback_exact_mpi", "same_initial_discriminators", "mdgan_run_ok",
                 "table3_server_to_worker",
@@ -69,15 +68,14 @@ def test_real_kill_of_a_worker_ends_the_job(tmp_path):
     """A SIGKILLed worker process (no notice: the runtime's --fail-at 15:2:kill) ends the whole
     job promptly with a message, and every rank's trace stays readable."""
     d = tmp_path / "kill"
-    t0 = time.monotonic()
+    # the launch's timeout bounds the time (100000 iterations would take hours); the survivors'
+    # traces show the end came with the kill
     proc = run_mpi(3, ["-m", "mpidist.mdgan", "-I", "100000", "--fail-at", "15:2:kill",
-                       "--score-every", "100000", "--trace-dir", str(d)], timeout=180)
-    wall = time.monotonic() - t0
+                       "--score-every", "100000", "--trace-dir", str(d)], timeout=300)
     assert proc.returncode != 0
     text = proc.stdout + proc.stderr
     assert "[rank 2] --fail-at: killing myself after step 15" in text
     assert "signal 9" in text or "Killed" in text or "KILLED" in text, text[-2000:]
-    assert wall < 150
     t = trace.read_run(str(d))
     assert len(t.ranks) == 3
     killed = t.ranks[2]
@@ -85,3 +83,6 @@ def test_real_kill_of_a_worker_ends_the_job(tmp_path):
     assert killed.attrs.get("status") == "running" and killed.attrs.get("pid")
     steps, _, _ = killed.metric("loss_d")
     assert steps.max() == 15
+    # the server needs every live worker's feedback each iteration: no rank got far past 15
+    last = [int(r.comm["step"].max(initial=-1)) for r in t.ranks]
+    assert max(last) <= 20, last

@@ -6,7 +6,7 @@ import re
 
 import numpy as np
 
-from mpirun import check, run_mpi  # noqa: E402
+from mpirun import check, check_program, run_mpi  # noqa: E402
 
 from mpidist import models, topology, trace
 
@@ -17,7 +17,7 @@ from mpidist import models, topology, trace
 def test_real_exchange_matches_reference_under_mpi(tmp_path):
     """8 ranks, one launch: the real Agent over mpidist.comm vs the blocking reference (tau 0, 2,
     3, 4, 20; all variants; fixed theta; momentum; ring); theta 1 = P and theta 0 = C."""
-    out = check(run_mpi(8, ["tests/programs/pcasgd_checks.py", "--trace-dir", str(tmp_path / "t"),
+    out = check_program(run_mpi(8, ["tests/programs/pcasgd_checks.py", "--trace-dir", str(tmp_path / "t"),
                             "--quiet"], timeout=240))
     lines = [ln for ln in out.splitlines() if ln.startswith(("PASS", "FAIL"))]
     assert len(lines) == 33, out

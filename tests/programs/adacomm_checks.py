@@ -5,7 +5,7 @@ on any rank). Expected values are in closed form or come from a short single-pro
 the paper's equations. Works at any world size >= 2.
 """
 import os
-import sys
+import shutil
 import tempfile
 import time
 import traceback
@@ -19,6 +19,8 @@ from mpidist import adacomm as A
 from mpidist import data, models
 from mpidist.comm import Communicator
 from mpidist.trace import read_run
+
+import checks
 
 torch.set_num_threads(1)
 world = MPI.COMM_WORLD
@@ -316,7 +318,6 @@ def resume_continues_bit_for_bit():
 
 # --------------------------------------------------------------------------------- driver
 
-failed = 0
 for f in CHECKS:
     err = ""
     try:
@@ -327,7 +328,8 @@ for f in CHECKS:
             traceback.print_exc()
     errs = [e for e in world.allgather(err) if e]
     if r == 0:
-        print(f"FAIL {f.__name__}: {errs[0]}" if errs else f"PASS {f.__name__}", flush=True)
-    failed += bool(errs)
+        checks.report(f.__name__, not errs, errs[0] if errs else "")
     world.Barrier()
-sys.exit(1 if failed else 0)
+if r == 0:
+    shutil.rmtree(tmp, ignore_errors=True)  # every rank is past its last check (the barrier)
+checks.finish()

@@ -5,7 +5,9 @@ captured, then rank 0 prints one line
 ``CASE <name> <exit codes, JSON> <run dir left 0|1> <rank 0's stderr lines, JSON> <the other
 ranks' stderr lines, JSON>``. The test reads them back with :func:`assert_refused`: every rank
 exits 2, nothing is left in the run directory, rank 0 printed exactly one line naming the mistake,
-the other ranks printed nothing.
+the other ranks printed nothing. A case that breaks one of these rules (all but the message's
+words, which only the test knows) also prints ``FAIL case:<name>: <why>`` through
+tests/programs/checks.py, so that the program exits 1 (its main returns ``checks.status()``).
 """
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ import contextlib
 import io
 import json
 import os
+
+import checks
 
 # A user's --model/--data/--loss gone wrong, for the algorithms that train one model
 # (tests/programs/blobs.py holds the user's functions); the lines every algorithm prints alike.
@@ -70,8 +74,17 @@ def run_case(name: str, tdir: str, call) -> None:
     if world.Get_rank() == 0:
         codes = [g[0] for g in got]
         others = [ln for g in got[1:] for ln in g[2]]
-        print(f"CASE {name} {json.dumps(codes)} {int(any(g[1] for g in got))} "
+        left = any(g[1] for g in got)
+        print(f"CASE {name} {json.dumps(codes)} {int(left)} "
               f"{json.dumps(lines)} {json.dumps(others)}", flush=True)
+        why = [w for w, bad in (
+            (f"exit codes {codes}, expected 2 on every rank", codes != [2] * len(got)),
+            ("the run directory was left behind", left),
+            (f"rank 0 printed {lines}, expected one 'error:' line",
+             len(lines) != 1 or ": error: " not in lines[0]),
+            (f"another rank printed {others}", bool(others))) if bad]
+        if why:
+            checks.report(f"case:{name}", False, "; ".join(why))
 
 
 def parse_cases(stdout: str) -> dict:
@@ -107,4 +120,4 @@ def report(run, name: str, ok: bool, why: str = "") -> None:
     whys = run.comm.allgather_object("" if ok else why)
     if run.rank == 0:
         bad = [w for w in whys if w]
-        print(f"PASS {name}" if not bad else f"FAIL {name}: {bad[0]}", flush=True)
+        checks.report(name, not bad, bad[0] if bad else "")

@@ -44,6 +44,8 @@ import signal
 import sys
 import time
 
+import checks
+
 ALARM = 120   # a case still running after this long has accepted what it should refuse
 
 RUNS = {"pcasgd": ["--clusters", "2"],
@@ -334,19 +336,16 @@ def main(argv=None) -> int:
     if comm.Get_rank() == 0:
         os.makedirs(base, exist_ok=True)
     comm.Barrier()
-    n, failed = 0, 0
+    n = 0
     for algo in algos:
         for res in run_algo(algo, base, comm):
             n += 1
             if comm.Get_rank() == 0:
-                stdout.write(f"{'PASS' if res['ok'] else 'FAIL'} {res['name']} "
-                             f"{json.dumps(res)}\n")
-                stdout.flush()
-                failed += not res["ok"]
+                checks.line(res["ok"], f"{res['name']} {json.dumps(res)}", stdout)
     if comm.Get_rank() == 0:
         stdout.write(f"DONE {n}\n")
         stdout.flush()
-    return 1 if failed else 0
+    return checks.status()
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import sys
 import traceback
 
 import numpy as np
@@ -21,7 +20,20 @@ import torch
 from mpidist import dada, runtime, trace
 from mpidist.comm import Communicator
 
+import checks
+
 B = 16  # batch size of every run here (the forbidden message sizes follow from it)
+
+# The sizes every run here must move, from the networks' layers (ADDA, Tzeng et al.: LeNet's
+# E = conv5x5(20)-conv5x5(50)-FC(500), C = FC(10), D = FC(500)-FC(500)-FC(1)) on the default task's
+# 16x16 one-channel digits (the first convolution padded by 2: 50 x 2 x 2 = 200 flat features),
+# float32: counted here, not read from the run.
+FEAT, HID, CLASSES = 500, 500, 10
+D_PARAMS = (FEAT * HID + HID) + (HID * HID + HID) + (HID + 1)             # 501,501
+E_PARAMS = (1 * 20 * 25 + 20) + (20 * 50 * 25 + 50) + (200 * FEAT + FEAT)  # 126,070
+C_PARAMS = FEAT * CLASSES + CLASSES                                        # 5,010
+D_BYTES = 4 * D_PARAMS
+INIT_BYTES = 4 * (E_PARAMS + C_PARAMS + D_PARAMS)
 SMALL = ["--quiet", "--batch-size", str(B), "--pretrain-steps", "20", "--eval-every", "1000"]
 
 
@@ -54,7 +66,7 @@ class Checks:
 
     def report(self, name, ok, detail=""):
         if self.world.rank == 0:
-            print(f"PASS {name}" if ok else f"FAIL {name}: {detail}", flush=True)
+            checks.report(name, ok, detail)
         self.failed += not ok
 
     def guard(self, name, fn):
@@ -249,7 +261,10 @@ def _bytes_per_sync(C):
     problems = []
     for key, (argv, res, _) in C.runs.items():
         run = _rows(res["trace_dir"])
-        dbytes = res["disc_bytes"]
+        dbytes = D_BYTES
+        if res["disc_bytes"] != D_BYTES:
+            problems.append(f"{key}: the run reports D of {res['disc_bytes']} bytes, its layers "
+                            f"hold {D_BYTES}")
         for r in run.ranks:
             rows = r.comm[np.char.startswith(r.comm["channel"], b"disc_")]
             for op in (b"send", b"recv"):
@@ -302,8 +317,8 @@ def _cost_curve(C, steps):
                    for r in run.ranks)
         n_steps = int(argv[argv.index("--steps") + 1])
         tot[p] = sent / n_steps  # bytes per step, all ranks
-        expect = dada.exchange_bytes(res["strategy"], n_steps, res["disc_bytes"],
-                                     len(run.ranks)) * len(run.ranks) / n_steps
+        # every rank sends D to every other rank at each of the floor(steps / p) sync-ups
+        expect = (n_steps // p) * D_BYTES * (len(run.ranks) - 1) * len(run.ranks) / n_steps
         if abs(tot[p] - expect) > 1e-9:
             return False, f"p={p}: {tot[p]} bytes per step, closed form {expect}"
     ok = abs(tot[1] / tot[2] - 2) < 1e-9 and abs(tot[1] / tot[4] - 4) < 1e-9
@@ -316,7 +331,7 @@ def _only_d(C):
     problems = []
     for key, (argv, res, _) in C.runs.items():
         run = _rows(res["trace_dir"])
-        dbytes = res["disc_bytes"]
+        dbytes = D_BYTES
         forbidden = {B * 1 * 16 * 16 * 4, B * 500 * 4, B * 4, B * 8, B * 1 * 16 * 16 * 1}
         for r in run.ranks:
             rows = r.comm
@@ -355,11 +370,13 @@ def _init_once(C):
             disc = rows[np.char.startswith(rows["channel"], b"disc_")]
             if len(disc) and disc["t_post"].min() < init["t_done"].max():
                 problems.append(f"{key} rank {r.rank}: D exchanged before the initial transfer")
-            if int(init["nbytes"].sum()) != res["init_bytes"]:
-                problems.append(f"{key} rank {r.rank}: init bytes {init['nbytes'].sum()} "
-                                f"!= {res['init_bytes']}")
+            if int(init["nbytes"].sum()) != INIT_BYTES or res["init_bytes"] != INIT_BYTES:
+                problems.append(f"{key} rank {r.rank}: init bytes {init['nbytes'].sum()} in the "
+                                f"trace, {res['init_bytes']} reported, E + C + D hold "
+                                f"{INIT_BYTES}")
     return not problems, "; ".join(problems[:8])
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
+    checks.finish()

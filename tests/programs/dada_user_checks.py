@@ -19,6 +19,7 @@ from mpi4py import MPI
 
 import dada_script
 from mpidist import dada
+import checks
 from bad_cases import run_case
 
 STEPS, SEED = 300, 3
@@ -73,7 +74,7 @@ def main() -> int:
     bad_input(a.out, rank)
     if rank == 0:
         print("user checks done", flush=True)
-    return 0
+    return checks.status()  # 1 if any check printed FAIL
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ import torch
 from mpidist import cli, runtime, topology
 from mpidist.dpsgd import Worker, consensus, mix_step, mixing_rate, slowest_mode
 
+import checks
+
 DIM, STEPS, ETA = 6, 4, 0.3
 CASES = [(g, m) for g in ("ring", "full", "exponential") for m in ("metropolis", "lazy")]
 
@@ -49,8 +51,7 @@ class Checks:
         bad = c.allreduce_scalar(0.0 if ok else 1.0, "max")
         whys = c.allgather_object("" if ok else why)
         if self.run.rank == 0:
-            msg = next((w for w in whys if w), "")
-            print(f"PASS {name}" if bad == 0.0 else f"FAIL {name}: {msg}", flush=True)
+            checks.report(name, bad == 0.0, next((w for w in whys if w), ""))
 
     def trajectory(self, topo, X0: np.ndarray, eta: float, grad) -> list[np.ndarray]:
         """This worker's x_0 .. x_STEPS under the real exchange."""
@@ -112,3 +113,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    checks.finish()

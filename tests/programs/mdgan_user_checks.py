@@ -25,6 +25,7 @@ from mpi4py import MPI
 
 import mdgan_script
 from mpidist import mdgan
+import checks
 from bad_cases import run_case
 
 STEPS, SEED, BATCH, LATENT = 300, 0, 32, 8
@@ -81,8 +82,7 @@ def api_refuses_a_wrong_discriminator(out: str, rank: int) -> None:
                 "(2, 1), expected (2, 4)")
         ok = [g[0] for g in got] == [2] * len(got) and len(lines) == 1 and \
             lines[0].startswith(want) and not any(g[1] for g in got[1:])
-        print("PASS api_refuses_wrong_discriminator" if ok else
-              f"FAIL api_refuses_wrong_discriminator: {got}", flush=True)
+        checks.report("api_refuses_wrong_discriminator", ok, str(got))
 
 
 def main() -> int:
@@ -110,7 +110,7 @@ def main() -> int:
     bad_input(a.out, rank)
     if rank == 0:
         print("user checks done", flush=True)
-    return 0
+    return checks.status()  # 1 if any check printed FAIL
 
 
 if __name__ == "__main__":

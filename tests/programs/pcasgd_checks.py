@@ -22,6 +22,8 @@ from pcasgd_reference import Quadratic, dsgd_closed_form, reference  # noqa: E40
 from mpidist import runtime, topology  # noqa: E402
 from mpidist.pcasgd import Agent, get_variant  # noqa: E402
 
+import checks  # noqa: E402
+
 
 def run_agent(run, topo, variant, lam, lr, q, steps, momentum=0.0):
     """This rank's trajectory [steps + 1, dim] under the real exchange, and its metrics."""
@@ -56,8 +58,7 @@ def main() -> None:
             results.append((name, bad == 0.0, why if not ok else ""))
             whys = run.comm.allgather_object(why if not ok else "")
             if run.rank == 0:
-                msg = next((w for w in whys if w), "")
-                print(f"PASS {name}" if bad == 0.0 else f"FAIL {name}: {msg}", flush=True)
+                checks.report(name, bad == 0.0, next((w for w in whys if w), ""))
 
         # 1. tau = 0: every variant is plain decentralized gradient descent (closed form)
         q = Quadratic(n, 6, seed=3, same_curvature=True)
@@ -94,7 +95,8 @@ def main() -> None:
             st_u = sorted({(t, v_) for t, nm, v_ in recs if nm == "staleness_unreliable"})
             has_unrel = bool(topo.unreliable_neighbours(i)) and v.uses_unreliable
             want_u = [(t, tau) for t in range(tau, steps)] if has_unrel else []
-            ok = st_r <= {1} and st_u == want_u
+            want_r = {1} if topo.reliable_neighbours(i) else set()  # every step's stamp is 1
+            ok = st_r == want_r and st_u == want_u
             report(f"{label}_staleness", ok, f"rank {i} reliable {st_r} unreliable {st_u[:3]}...")
 
         # 3. theta = 1 is P-ASGD and theta = 0 is C-ASGD, step by step, under MPI
@@ -110,3 +112,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    checks.finish()

@@ -1,5 +1,6 @@
 """A minimal traced entry point for the runtime's failure tests: a ring exchange and an allreduce
 each step, with ways to fail on purpose (--raise-at STEP:RANK, --silent-rank R)."""
+import os
 import time
 
 import torch
@@ -23,7 +24,9 @@ def main(argv=None):
                    help="this rank never sends on the ring (its successor times out)")
     p.add_argument("--need-ranks", type=int, default=0)
     p.add_argument("--step-seconds", type=float, default=0.0)
-    p.add_argument("--pid-file", default=None, help="each rank writes its pid to PID_FILE.<rank>")
+    p.add_argument("--pid-file", default=None,
+                   help="each rank writes its pid to PID_FILE.<rank> when it begins its first step "
+                        "(a test that signals it then knows the rank is in the loop)")
     p.add_argument("--bad-rank", type=int, default=-1,
                    help="this rank alone finds a usage error at step 1 (the others go on)")
     with runtime.start("toy", p, argv, check, may_change=frozenset({"steps"})) as run:
@@ -34,14 +37,16 @@ def main(argv=None):
         acc = torch.zeros(1, dtype=torch.float64)  # a running state a resumed run must continue
         if run.resumed_state is not None:
             acc = run.resumed_state["acc"]
-        if run.args.pid_file:
-            with open(f"{run.args.pid_file}.{r}", "w") as f:
-                f.write(str(__import__("os").getpid()))
         # the shared loop, meeting after every step: the stop/checkpoint agreement is one 8-byte
         # max-allreduce on channel "control" per step (none after the last step)
         loop = Loop(run, total=run.args.steps, meet_every=1, state=lambda t: {"acc": acc})
         step = run.start_step
         for step in loop:
+            if run.args.pid_file and step == run.start_step:
+                tmp = f"{run.args.pid_file}.{r}.tmp"   # complete when it appears (rename)
+                with open(tmp, "w") as f:
+                    f.write(str(os.getpid()))
+                os.replace(tmp, f"{run.args.pid_file}.{r}")
             if step == 1 and r == run.args.bad_rank:
                 raise UsageError(f"--bad-rank {r}: a bad input only this rank sees")
             hs = [run.comm.irecv(out, (r - 1) % n, 1, "ring")]

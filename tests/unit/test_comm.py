@@ -87,7 +87,7 @@ def test_deadline_names_peer_tag_channel(comm):
     t = time.monotonic()
     with pytest.raises(CommTimeout) as e:
         h.wait(timeout=0.3)
-    assert 0.3 <= time.monotonic() - t < 3
+    assert 0.3 <= time.monotonic() - t < 60  # not before the deadline; ends (bound for a busy machine)
     msg = str(e.value)
     assert "peer 0" in msg and "tag 42" in msg and "'feedback'" in msg and "rank 0" in msg
     comm.isend(torch.zeros(4), 0, 42, "feedback").wait()  # let the posted receive finish

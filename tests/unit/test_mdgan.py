@@ -181,6 +181,70 @@ def test_feedback_is_the_input_gradient_of_b_tilde():
         assert val == pytest.approx(float(mdgan.gen_loss(D, x, None)))
 
 
+class _Logits(torch.nn.Module):
+    """A "discriminator" whose output is its input: the logits of a test are written by hand."""
+
+    def forward(self, x):
+        return x
+
+
+# two samples; column 0 the real/fake logit l, columns 1.. the class logits; D(x) = sigmoid(l)
+_OUT = torch.tensor([[0.0, 0.0, 0.0], [math.log(3.0), math.log(3.0), 0.0]], dtype=torch.float64)
+_Y = torch.tensor([0, 0])
+
+
+def test_gen_loss_closed_form_from_the_paper():
+    """B~ on a tiny case by hand (Section II-2 and the ACGAN term): D(x_1) = sigmoid(0) = 1/2,
+    D(x_2) = sigmoid(ln 3) = 3/4; class probabilities of class 0: 1/2 and 3/4.
+    Non-saturating: -(1/2)(ln 1/2 + ln 3/4) = (1/2) ln(8/3); the class term is the same number.
+    Saturating (the paper's (1/b) sum log(1 - D(x))): (1/2)(ln 1/2 + ln 1/4) = -(3/2) ln 2."""
+    D = _Logits()
+    half_ln_8_3 = 0.5 * math.log(8.0 / 3.0)
+    assert float(mdgan.gen_loss(D, _OUT, None)) == pytest.approx(half_ln_8_3, rel=1e-12)
+    assert float(mdgan.gen_loss(D, _OUT, _Y)) == pytest.approx(2 * half_ln_8_3, rel=1e-12)
+    sat = -1.5 * math.log(2.0)
+    assert float(mdgan.gen_loss(D, _OUT, None, saturating=True)) == pytest.approx(sat, rel=1e-12)
+    assert float(mdgan.gen_loss(D, _OUT, _Y, saturating=True)) == pytest.approx(
+        sat + half_ln_8_3, rel=1e-12)
+    # labels 1: class probabilities 1/2 and 1/4 -> (1/2)(ln 2 + ln 4) = (3/2) ln 2
+    y1 = torch.tensor([1, 1])
+    assert float(mdgan.gen_loss(D, _OUT, y1)) == pytest.approx(
+        half_ln_8_3 + 1.5 * math.log(2.0), rel=1e-12)
+
+
+def test_disc_loss_closed_form_from_the_paper():
+    """J_disc as a loss (Section II-1): -(1/b) sum [ln D(x_r) + ln(1 - D(x_g))] plus the class
+    terms. Real batch = _OUT (D = 1/2, 3/4), generated batch = _OUT with the logits negated
+    (D = 1/2, 1/4, so 1 - D = 1/2, 3/4): each half is (1/2) ln(8/3)."""
+    D = _Logits()
+    fake = _OUT.clone()
+    fake[:, 0] = -fake[:, 0]
+    h = 0.5 * math.log(8.0 / 3.0)
+    assert float(mdgan.disc_loss(D, _OUT, None, fake, None)) == pytest.approx(2 * h, rel=1e-12)
+    assert float(mdgan.disc_loss(D, _OUT, _Y, fake, _Y)) == pytest.approx(4 * h, rel=1e-12)
+
+
+def test_error_feedback_closed_form_for_a_linear_discriminator():
+    """F_n for D(x) = w . x + c (one logit, plain GAN): d/dx_i of -(1/b) sum_j ln sigmoid(w . x_j
+    + c) is -(1/b) (1 - sigmoid(w . x_i + c)) w (non-saturating), and of (1/b) sum_j ln(1 -
+    sigmoid(w . x_j + c)) is -(1/b) sigmoid(w . x_i + c) w (saturating)."""
+    D = torch.nn.Linear(3, 1).double()
+    with torch.no_grad():
+        D.weight.copy_(torch.tensor([[1.0, -2.0, 0.5]]))
+        D.bias.fill_(0.25)
+    x = torch.tensor([[0.1, 0.2, 0.3], [-1.0, 0.5, 2.0]], dtype=torch.float64)
+    w = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    s = torch.tensor([1 / (1 + math.exp(-(float(w @ xi) + 0.25))) for xi in x],
+                     dtype=torch.float64)
+    b = len(x)
+    fb, val = mdgan.error_feedback(D, x, None)
+    assert torch.allclose(fb, -((1 - s) / b)[:, None] * w, rtol=1e-12, atol=0)
+    assert val == pytest.approx(float(-torch.log(s).mean()), rel=1e-12)
+    fb, val = mdgan.error_feedback(D, x, None, saturating=True)
+    assert torch.allclose(fb, -(s / b)[:, None] * w, rtol=1e-12, atol=0)
+    assert val == pytest.approx(float(torch.log(1 - s).mean()), rel=1e-12)
+
+
 def test_fake_labels_are_shared_and_differ_per_batch():
     a = mdgan.fake_labels(0, 7, 1, 32, 10)
     assert torch.equal(a, mdgan.fake_labels(0, 7, 1, 32, 10))

@@ -59,7 +59,7 @@ def test_end_job_exits_when_mpi_abort_returns(monkeypatch):
     with pytest.raises(Exited):
         runtime.end_job(3)
     assert calls == [("Abort", 3), ("_exit", 3)]
-    assert 0.2 <= time.monotonic() - t < 2
+    assert 0.2 <= time.monotonic() - t < 60  # waits ABORT_WAIT_S, then ends (bound for a busy machine)
 
 
 def test_resume_mismatch_names_the_changed_flags():
