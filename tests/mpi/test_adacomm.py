@@ -1,7 +1,6 @@
 """The multi-rank launches of the AdaComm tests. tests/unit/test_adacomm.py describes what each
 launch checks and holds the checks that need no launch."""
 from __future__ import annotations
-import os
 import re
 
 import numpy as np

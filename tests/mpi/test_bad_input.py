@@ -10,7 +10,6 @@ tool's cases run in this process.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -23,6 +22,7 @@ import numpy as np
 import pytest
 
 from mpirun import REPO, check_program, run_mpi
+from checks import snapshot as _snapshot
 
 
 def _load(name, path):
@@ -39,16 +39,6 @@ ENV = {"PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"}
 REAL_LAUNCH_LIMIT = 120.0  # seconds for a refused mpiexec launch, start-up of every rank included:
                           # "within seconds, not minutes" with room for a busy machine
 
-
-
-def _snapshot(d) -> dict:
-    out = {}
-    for root, _, files in os.walk(d):
-        for f in files:
-            p = os.path.join(root, f)
-            with open(p, "rb") as fh:
-                out[os.path.relpath(p, d)] = hashlib.sha256(fh.read()).hexdigest()
-    return out
 
 
 def _parse(stdout: str, world: int) -> dict:

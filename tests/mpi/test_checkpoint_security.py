@@ -10,13 +10,13 @@ planted rank0.pt) checks what the in-process driver cannot see: the processes' e
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 
 import pytest
 
 from mpirun import REPO, check_program, run_mpi
+from checks import snapshot as _snapshot
 
 PROGRAM = os.path.join(REPO, "tests", "programs", "checkpoint_security.py")
 ALGOS = ("pcasgd", "adacomm", "dada", "mdgan", "dpsgd")
@@ -45,16 +45,6 @@ def test_case(driver, algo, case):
     _, results = driver
     res = results[f"{algo}:{case}"]
     assert res["ok"], "\n".join(res["why"])
-
-
-def _snapshot(d) -> dict:
-    out = {}
-    for root, _, files in os.walk(d):
-        for f in files:
-            p = os.path.join(root, f)
-            with open(p, "rb") as fh:
-                out[os.path.relpath(p, d)] = hashlib.sha256(fh.read()).hexdigest()
-    return out
 
 
 def test_a_planted_checkpoint_ends_every_process_with_status_2(driver):

@@ -11,7 +11,6 @@ an earlier state is not tried: the line says how.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 
@@ -19,6 +18,7 @@ import pytest
 
 from mpidist.trace import read_run
 from mpirun import run_mpi
+from checks import snapshot as _snapshot
 
 # algorithm -> (ranks, flags of both runs, steps flag, first run's steps, longer, shorter)
 CASES = {
@@ -30,16 +30,6 @@ CASES = {
     "mdgan": (3, ["--checkpoint-every", "10"], "-I", 30, 60, 25),
     "dpsgd": (2, ["--checkpoint-every", "10"], "--steps", 30, 60, 25),
 }
-
-
-def _snapshot(d) -> dict:
-    out = {}
-    for root, _, files in os.walk(d):
-        for f in files:
-            p = os.path.join(root, f)
-            with open(p, "rb") as fh:
-                out[os.path.relpath(p, d)] = hashlib.sha256(fh.read()).hexdigest()
-    return out
 
 
 def _lines(stderr: str) -> list[str]:

@@ -33,6 +33,7 @@ import sys
 import time
 
 import checks
+from checks import snapshot
 
 CASE_LIMIT = 60.0   # seconds a refused start may take: "within seconds, not minutes", with room
                     # for a busy machine (load 10 on 2 cores); measured: under 2 s when idle
@@ -371,16 +372,6 @@ CASES = _cases()
 def _sha(path):
     with open(path, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()
-
-
-def snapshot(d):
-    """{relative path: sha256} of every file under d."""
-    out = {}
-    for root, _, files in os.walk(d):
-        for f in files:
-            p = os.path.join(root, f)
-            out[os.path.relpath(p, d)] = _sha(p)
-    return out
 
 
 def _old_trace(run_dir, world, algo="pcasgd"):

@@ -11,6 +11,8 @@ is counted where it is printed.
 """
 from __future__ import annotations
 
+import hashlib
+import os
 import sys
 
 _counts = {"PASS": 0, "FAIL": 0}
@@ -45,3 +47,15 @@ def status() -> int:
 def finish() -> None:
     """End the program with :func:`status` (sys.exit)."""
     sys.exit(status())
+
+
+def snapshot(d) -> dict:
+    """{path relative to d: sha256} of every file under ``d``: what "nothing already written
+    changed" is checked against."""
+    out = {}
+    for root, _, files in os.walk(d):
+        for f in files:
+            p = os.path.join(root, f)
+            with open(p, "rb") as fh:
+                out[os.path.relpath(p, d)] = hashlib.sha256(fh.read()).hexdigest()
+    return out
