@@ -54,6 +54,29 @@ def _fresh_user_modules():
         data._USER_CACHE.clear()
 
 
+@pytest.fixture
+def tmpfs(tmp_path):
+    """``tmpfs(size)`` -> a fresh directory on a tmpfs of ``size`` (e.g. "3m"): a disk that fills
+    up. Needs root and mount (the test skips otherwise, saying why); unmounted after the test."""
+    mounted = []
+
+    def mount(size: str):
+        if os.geteuid() != 0:
+            pytest.skip("mounting a small tmpfs needs root")
+        d = tmp_path / f"disk{len(mounted)}"
+        d.mkdir()
+        p = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(d)],
+                           capture_output=True, text=True)
+        if p.returncode:
+            pytest.skip(f"cannot mount a tmpfs here: {p.stderr.strip()}")
+        mounted.append(d)
+        return d
+
+    yield mount
+    for d in mounted:
+        subprocess.run(["umount", "-l", str(d)], capture_output=True)
+
+
 def mpiexec() -> str:
     exe = os.path.join(BIN, "mpiexec")
     if os.path.exists(exe):

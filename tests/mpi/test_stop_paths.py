@@ -27,7 +27,6 @@ import sys
 import time
 
 import numpy as np
-import pytest
 
 from mpidist import rundir
 from mpidist.trace import read_run
@@ -168,41 +167,31 @@ def test_second_job_in_an_owned_run_directory_is_refused(tmp_path):
         assert np.all(np.diff(steps) >= 0), steps
 
 
-def test_full_disk_during_a_checkpoint_keeps_the_previous_one(tmp_path):
+def test_full_disk_during_a_checkpoint_keeps_the_previous_one(tmpfs):
     """A 3 MiB tmpfs: the first checkpoint (two 0.63 MB rank files) fits, the second does not. Every
     rank ends with one line and exit 1, nothing of the failed checkpoint stays (no temporary
     files), the previous checkpoint verifies against its manifest."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)],
-                       capture_output=True, text=True)
-    if p.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {p.stderr.strip()}")
-    try:
-        run_dir = disk / "run"
-        proc = run_mpi(2, ["-m", "mpidist.adacomm", "--steps", "64", "--time-budget", "0",
-                           "--tau0", "2", "--checkpoint-every", "8", "--trace-dir", str(run_dir),
-                           "--quiet"], timeout=300)
-        assert proc.returncode == 1, (proc.stdout[-2000:], proc.stderr[-2000:])
-        lines = _error_lines(proc.stderr)
-        assert len(lines) == 1, lines          # rank 0 or 1 ran out first: either is named
-        assert re.fullmatch(r"mpidist.adacomm: cannot write checkpoint step-000000015 \(rank [01]: "
-                            r"No space left on device\); the previous checkpoint step-000000007 "
-                            r"is intact; free space and resume with --resume "
-                            + re.escape(str(run_dir)), lines[0]), lines
-        files = sorted(str(f.relative_to(run_dir)) for f in run_dir.rglob("*") if f.is_file())
-        assert files == ["checkpoints/step-000000007/MANIFEST.json",
-                         "checkpoints/step-000000007/rank0.pt",
-                         "checkpoints/step-000000007/rank1.pt", "rank0.h5", "rank1.h5"], files
-        step = run_dir / "checkpoints" / "step-000000007"
-        manifest = json.loads((step / "MANIFEST.json").read_text())
-        for name, e in manifest["files"].items():
-            data = (step / name).read_bytes()
-            assert len(data) == e["bytes"] and hashlib.sha256(data).hexdigest() == e["sha256"]
-        run = read_run(str(run_dir))
-        assert all(r.attrs["status"].startswith("cannot write checkpoint step-000000015")
-                   for r in run.ranks)
-    finally:
-        subprocess.run(["umount", str(disk)], capture_output=True)
+    disk = tmpfs("3m")
+    run_dir = disk / "run"
+    proc = run_mpi(2, ["-m", "mpidist.adacomm", "--steps", "64", "--time-budget", "0",
+                       "--tau0", "2", "--checkpoint-every", "8", "--trace-dir", str(run_dir),
+                       "--quiet"], timeout=300)
+    assert proc.returncode == 1, (proc.stdout[-2000:], proc.stderr[-2000:])
+    lines = _error_lines(proc.stderr)
+    assert len(lines) == 1, lines          # rank 0 or 1 ran out first: either is named
+    assert re.fullmatch(r"mpidist.adacomm: cannot write checkpoint step-000000015 \(rank [01]: "
+                        r"No space left on device\); the previous checkpoint step-000000007 "
+                        r"is intact; free space and resume with --resume "
+                        + re.escape(str(run_dir)), lines[0]), lines
+    files = sorted(str(f.relative_to(run_dir)) for f in run_dir.rglob("*") if f.is_file())
+    assert files == ["checkpoints/step-000000007/MANIFEST.json",
+                     "checkpoints/step-000000007/rank0.pt",
+                     "checkpoints/step-000000007/rank1.pt", "rank0.h5", "rank1.h5"], files
+    step = run_dir / "checkpoints" / "step-000000007"
+    manifest = json.loads((step / "MANIFEST.json").read_text())
+    for name, e in manifest["files"].items():
+        data = (step / name).read_bytes()
+        assert len(data) == e["bytes"] and hashlib.sha256(data).hexdigest() == e["sha256"]
+    run = read_run(str(run_dir))
+    assert all(r.attrs["status"].startswith("cannot write checkpoint step-000000015")
+               for r in run.ranks)

@@ -33,6 +33,7 @@ import sys
 import time
 
 import checks
+import in_process
 from checks import snapshot
 
 CASE_LIMIT = 60.0   # seconds a refused start may take: "within seconds, not minutes", with room
@@ -448,27 +449,8 @@ def setup_case(spec: str, d: str) -> None:
 
 # ------------------------------------------------------------------------------------ running
 
-class Aborted(Exception):
-    """What the runtime's abort (MPI_Abort) would have ended the job with."""
-
-
-class Alarm(Exception):
-    """The case ran past ALARM seconds: the bad input was accepted."""
-
-
-def _fake_abort(rank, exc, trace=None, code=1):
-    import traceback
-    if trace is not None:
-        try:
-            trace.close(status="failed (bad_input_driver)")
-        except Exception:
-            pass
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    raise Aborted(f"MPI_Abort after {type(exc).__name__}: {exc}\n{tb[-1500:]}")
-
-
 def _on_alarm(signum, frame):
-    raise Alarm(f"still running after {ALARM} s: the input was accepted")
+    raise in_process.Alarm(f"still running after {ALARM} s: the input was accepted")
 
 
 def words_missing(line: str, expect) -> list:
@@ -505,29 +487,12 @@ def run_case(case: Case, base: str, comm) -> dict | None:
     comm.Barrier()
     before = snapshot(d) if rank == 0 else {}
     argv = [a.replace("{d}", d) for a in case.argv]
-    out, err = io.StringIO(), io.StringIO()
-    code, crash = None, ""
     t = time.monotonic()
-    signal.signal(signal.SIGALRM, _on_alarm)
-    signal.alarm(ALARM)
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                mod.main(argv)
-                code = 0
-            except SystemExit as e:
-                code = e.code
-    except (Aborted, Alarm) as e:
-        crash = str(e)
-    except Exception as e:  # noqa: BLE001 - anything uncaught would have been a traceback
-        import traceback
-        crash = f"uncaught {type(e).__name__}: {e}\n" + traceback.format_exc()[-1500:]
-    finally:
-        signal.alarm(0)
+    code, out, err, crash = in_process.call_main(mod, argv, ALARM)
     seconds = time.monotonic() - t
     crash = prepared or crash
-    got = comm.gather({"rank": rank, "code": code, "crash": crash, "stdout": out.getvalue(),
-                       "stderr": err.getvalue(), "seconds": seconds}, root=0)
+    got = comm.gather({"rank": rank, "code": code, "crash": crash, "stdout": out,
+                       "stderr": err, "seconds": seconds}, root=0)
     if rank != 0:
         return None
     why = []
@@ -571,8 +536,7 @@ def main(argv=None) -> int:
     only = set(argv[1:])
     from mpi4py import MPI
     comm = MPI.COMM_WORLD
-    from mpidist import runtime
-    runtime.abort = _fake_abort
+    in_process.catch_aborts("bad_input_driver")
     stdout = sys.stdout
     if comm.Get_rank() == 0:
         os.makedirs(base, exist_ok=True)

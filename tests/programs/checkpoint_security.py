@@ -33,18 +33,16 @@ line), then ``DONE <n>``.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib
-import io
 import json
 import os
 import shutil
-import signal
 import sys
 import time
 
 import checks
+import in_process
 from checks import snapshot  # noqa: E402
 
 ALARM = 120   # a case still running after this long has accepted what it should refuse
@@ -182,48 +180,9 @@ def comparable(state: dict, algo: str) -> dict:
 
 
 # ------------------------------------------------------------------------------ running
-class Aborted(Exception):
-    """What the runtime's abort (MPI_Abort) would have ended the job with."""
-
-
-class Alarm(Exception):
-    pass
-
-
-def _fake_abort(rank, exc, trace=None, code=1):
-    import traceback
-    if trace is not None:
-        with contextlib.suppress(Exception):
-            trace.close(status="failed (checkpoint_security)")
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    raise Aborted(f"MPI_Abort after {type(exc).__name__}: {exc}\n{tb[-1500:]}")
-
-
-def _on_alarm(signum, frame):
-    raise Alarm(f"still running after {ALARM} s")
-
-
 def call_main(mod, argv) -> tuple[object, str, str, str]:
     """(exit code, stdout, stderr, crash) of ``mod.main(argv)`` in this process."""
-    out, err = io.StringIO(), io.StringIO()
-    code, crash = None, ""
-    signal.signal(signal.SIGALRM, _on_alarm)
-    signal.alarm(ALARM)
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                mod.main(argv)
-                code = 0
-            except SystemExit as e:
-                code = e.code
-    except (Aborted, Alarm) as e:
-        crash = str(e)
-    except Exception as e:  # noqa: BLE001 - anything uncaught would have been a traceback
-        import traceback
-        crash = f"uncaught {type(e).__name__}: {e}\n" + traceback.format_exc()[-1500:]
-    finally:
-        signal.alarm(0)
-    return code, out.getvalue(), err.getvalue(), crash
+    return in_process.call_main(mod, argv, ALARM)
 
 
 def run_algo(algo: str, base: str, comm) -> list[dict]:
@@ -321,8 +280,7 @@ def main(argv=None) -> int:
     algos = argv[1:] or list(RUNS)
     from mpi4py import MPI
     comm = MPI.COMM_WORLD
-    from mpidist import runtime
-    runtime.abort = _fake_abort
+    in_process.catch_aborts("checkpoint_security")
     stdout = sys.stdout
     if comm.Get_rank() == 0:
         os.makedirs(base, exist_ok=True)

@@ -9,16 +9,17 @@ MPI_Abort replaced by an exception, so that an unexpected failure is reported, n
 printed on stderr and stdout, the other ranks' stderr, and whether the case's run directory exists
 (a refused run writes nothing); then ``DONE <count>``.
 """
-import contextlib
-import io
 import json
 import os
 import sys
 
 from mpi4py import MPI
 
-from mpidist import runtime
 import mpidist.pcasgd as pcasgd
+
+import in_process
+
+ALARM = 120   # a case still running after this long accepted what it should refuse
 
 USER = ["--model", "blobs:mlp", "--data", "blobs:blobs"]
 #: name -> (flags after the base, words rank 0's one line must hold)
@@ -55,35 +56,17 @@ CASES = {
 }
 
 
-class Aborted(Exception):
-    pass
-
-
-def _fake_abort(rank, exc, trace=None, code=1):
-    if trace is not None:
-        trace.close(status="failed (pcasgd_bad_input)")
-    raise Aborted(f"MPI_Abort after {type(exc).__name__}: {exc}")
-
-
 def main(base: str) -> None:
     comm = MPI.COMM_WORLD
     rank, world = comm.Get_rank(), comm.Get_size()
-    runtime.abort = _fake_abort
+    in_process.catch_aborts("pcasgd_bad_input")
     for name, (flags, _) in CASES.items():
         d = os.path.join(base, name)
         argv = ["--clusters", ",".join(["1"] * world), "--steps", "3", "--quiet",
                 "--trace-dir", d] + flags
-        out, err, code = io.StringIO(), io.StringIO(), None
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                pcasgd.main(argv)
-                code = 0
-            except SystemExit as e:
-                code = e.code
-            except Exception as e:  # noqa: BLE001 - reported, not fatal
-                code = f"{type(e).__name__}: {e}"
+        code, out, err, crash = in_process.call_main(pcasgd, argv, ALARM)
         comm.Barrier()
-        got = comm.gather({"code": code, "stderr": err.getvalue(), "stdout": out.getvalue()})
+        got = comm.gather({"code": code if not crash else crash, "stderr": err, "stdout": out})
         if rank == 0:
             print("CASE", name, json.dumps({
                 "codes": [g["code"] for g in got], "stderr": got[0]["stderr"],

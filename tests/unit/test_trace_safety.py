@@ -157,18 +157,9 @@ def test_the_writer_never_opens_the_rank_file_for_writing(tmp_path):
 # ------------------------------------------------------------------ failures never end training
 
 @pytest.fixture
-def small_disk(tmp_path):
-    """A 4 MiB tmpfs (needs root and mount)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    d = tmp_path / "disk"
-    d.mkdir()
-    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(d)],
-                       capture_output=True, text=True)
-    if p.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {p.stderr.strip()}")
-    yield d
-    subprocess.run(["umount", "-l", str(d)], capture_output=True)
+def small_disk(tmpfs):
+    """A 4 MiB tmpfs (needs root and mount: tests/conftest.py)."""
+    return tmpfs("4m")
 
 
 def _fill(path, nbytes):
