@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from mpi4py import MPI
 
-from . import checkpoint, rundir, signals
+from . import checkpoint, lastwords, rundir, signals
 from .checkpoint import RUN_FLAGS, resume_mismatch  # noqa: F401
 from .placement import choose_device, local_rank, make_logger, set_threads, versions  # noqa: F401
 from .cli import (ArgumentParser, checkpoint_period, fail_spec, nonneg_float,  # noqa: F401
@@ -338,6 +338,7 @@ def end_job(code: int) -> None:
     ABORT_WAIT_S for the launcher's kill, then exits with ``code`` itself."""
     sys.stdout.flush()
     sys.stderr.flush()
+    lastwords.spoke()   # this rank said why: the ranks the launcher now kills stay silent
     try:
         MPI.COMM_WORLD.Abort(code)
         time.sleep(ABORT_WAIT_S)  # a handled signal does not cut it short (PEP 475)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from mpi4py import MPI
 
-from . import checkpoint, rundir, signals
+from . import checkpoint, lastwords, rundir, signals
 from .checkpoint import resume_mismatch
 from .cli import ArgumentParser
 from .comm import Communicator, LinkModel, cuda_aware_mpi
@@ -113,6 +113,7 @@ def start(algorithm: str, p: ArgumentParser, argv=None, check=None,
     run_dir, err, run_id = setup.bcast_object((run_dir, err, run_id))
     if err:
         _usage_exit(algorithm, rank, err)
+    lastwords.watch(rank, run_id)   # a line that names this rank if it dies without a word
 
     # t = 0 of every rank's clock: rank 0's MPI_Wtime when all ranks share one node (one clock),
     # else each rank's own, taken just after a barrier; a resumed run continues the saved clock

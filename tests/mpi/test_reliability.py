@@ -87,6 +87,16 @@ def test_fail_at_ends_the_job_and_keeps_the_traces(tmp_path, algo, how):
     print(f"\n{algo} {how}: rank {bad} of {n} failed at step {FAIL_STEP}; the job ended "
           f"{after:.2f} s later (exit {code}, {end:.1f} s from launch)")
     assert after < END_BOUND_S, after
+    # the job's last words name the rank that ended: the killed rank's watcher (mpidist.lastwords)
+    # says "rank k (pid ...) ended ... without a word", or a peer that saw the death first says
+    # "rank k is gone"; the ranks the launcher kills after it stay silent
+    lost = [ln for _, ln in lines if "without a word" in ln]
+    if how == "kill":
+        named = [ln for _, ln in lines if f"rank {bad} is gone" in ln]
+        assert (len(lost) == 1 and lost[0].startswith(f"mpidist: rank {bad} (pid ")) or \
+            (not lost and named), err[-3000:]
+    else:
+        assert lost == [], err[-3000:]
 
     run = read_run(str(run_dir))  # every rank's file opens
     assert [r.rank for r in run.ranks] == list(range(n))
