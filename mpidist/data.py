@@ -233,18 +233,49 @@ def shard_indices(n: int, rank: int, world: int, seed: int) -> np.ndarray:
     return np.array_split(perm, world)[rank]
 
 
+def cluster_shard_indices(y: torch.Tensor, rank: int, clusters, seed: int,
+                          own: float) -> np.ndarray:
+    """Rank ``rank``'s shard when shards differ between reliable clusters (PC-ASGD's
+    ``--shards clusters:F``): class k belongs to cluster k mod C (C = len(clusters)); a sample of a
+    cluster's own classes stays in that cluster with probability F and otherwise goes to one of
+    the C - 1 other clusters, uniformly; each cluster's samples are then cut into equal disjoint
+    shards, one per agent of the cluster (clusters of consecutive ranks, as in
+    :mod:`mpidist.topology`). F = 1/C gives every cluster the same class mix in expectation, F = 1
+    disjoint classes: the more F exceeds 1/C, the more an agent needs its delayed neighbours in
+    other clusters. The same on every rank for the same seed."""
+    clusters = [int(c) for c in clusters]
+    world = sum(clusters)
+    if not 0 <= rank < world:
+        raise ValueError(f"rank {rank} outside world of {world}")
+    if y.is_floating_point() or y.dim() != 1:
+        raise DataError("--shards clusters:F deals classes to clusters: it needs class labels, "
+                        "not regression targets")
+    n_c = len(clusters)
+    rng = np.random.default_rng([seed, 7])
+    home = y.cpu().numpy().astype(np.int64) % n_c
+    other = (home + 1 + rng.integers(0, max(n_c - 1, 1), len(home))) % n_c
+    where = np.where(rng.random(len(home)) < own, home, other) if n_c > 1 else home
+    first = int(np.searchsorted(np.cumsum(clusters), rank, side="right"))  # rank's cluster
+    members = rng.permutation(np.flatnonzero(where == first))
+    start = sum(clusters[:first])
+    if len(members) < clusters[first]:
+        raise DataError(f"cluster {first} got {len(members)} samples for {clusters[first]} agents")
+    return np.sort(np.array_split(members, clusters[first])[rank - start])
+
+
 class Shard:
     """Endless mini-batches from one rank's disjoint shard, reshuffled every epoch.
 
-    ``rank``/``world`` choose the shard (:func:`shard_indices` with ``seed``); each epoch visits it
+    ``rank``/``world`` choose the shard (:func:`shard_indices` with ``seed``; or ``indices``, e.g.
+    from :func:`cluster_shard_indices`); each epoch visits it
     in a new order drawn from ``seed``, ``rank`` and the epoch number, so a run is reproducible and
     a resumed run can continue from ``state_dict()``. Incomplete last batches are dropped.
     """
 
     def __init__(self, ds: Dataset, rank: int, world: int, batch_size: int, seed: int = 0,
-                 device="cpu"):
+                 device="cpu", indices: np.ndarray | None = None):
         self.ds = ds
-        self.indices = shard_indices(len(ds), rank, world, seed)
+        self.indices = shard_indices(len(ds), rank, world, seed) if indices is None else indices
         if batch_size > len(self.indices):
             raise DataError(f"batch size {batch_size} exceeds this rank's shard of "
                             f"{len(self.indices)} samples ({ds.name}, {world} ranks)")

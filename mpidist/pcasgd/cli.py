@@ -4,6 +4,8 @@ itself (:func:`mpidist.pcasgd.train.train`) drives :class:`mpidist.pcasgd.PCASGD
 user's own script wraps around its model."""
 from __future__ import annotations
 
+import argparse
+
 from .. import cli, models, runtime, topology
 from .rules import CRITERIA, VARIANTS, get_variant
 from .train import DEFAULT_STEPS, train
@@ -93,10 +95,30 @@ def build_parser() -> cli.ArgumentParser:
                    help="mixing matrices W, W~: lazy = (I + Metropolis-Hastings)/2 (Assumption 2 "
                         "in full: symmetric, doubly stochastic, I >= W > 0) or metropolis (plain "
                         "averaging on the full graph) (default lazy)")
+    t.add_argument("--shards", default="iid", type=shards_spec, metavar="iid|clusters:F",
+                   help="how the training set is split over agents: iid (a random equal part "
+                        "each, the paper's) or clusters:F (class k belongs to cluster k mod C and "
+                        "stays there with probability F, so clusters see different class mixes "
+                        "and need their delayed neighbours; F = 1 disjoint classes) (default iid)")
     t.add_argument("--show-topology", action="store_true",
                    help="print the clusters, neighbours, W and W~ (Assumption 2) and exit")
     cli.data_flags(p)
     return p
+
+
+def shards_spec(text: str):
+    """``--shards``: "iid" -> None, "clusters:F" -> F in [0, 1]."""
+    if text == "iid":
+        return None
+    kind, _, frac = text.partition(":")
+    try:
+        f = float(frac)
+    except ValueError:
+        f = -1.0
+    if kind != "clusters" or not 0.0 <= f <= 1.0:
+        raise argparse.ArgumentTypeError(
+            f"'{text}': give iid or clusters:F with F in [0, 1] (e.g. clusters:0.8)")
+    return f
 
 
 def with_preset(p: cli.ArgumentParser, argv) -> list[str]:

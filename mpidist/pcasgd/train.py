@@ -67,7 +67,10 @@ def train(run) -> None:
     if a.augment and tk.train.x.dim() != 4:
         raise UsageError(f"--augment crops and flips images; --data {a.data} has inputs of shape "
                          f"{tuple(tk.train.x.shape[1:])}")
-    shard = data.Shard(tk.train, rank, n, a.batch_size, a.seed, dev)
+    own = getattr(a, "shards", None)   # --shards clusters:F: class mixes that differ by cluster
+    idx = None if own is None else data.cluster_shard_indices(tk.train.y, rank, topo.clusters,
+                                                              a.seed, own)
+    shard = data.Shard(tk.train, rank, n, a.batch_size, a.seed, dev, indices=idx)
     steps_per_epoch = max(1, (len(tk.train) // n) // a.batch_size)
     steps = a.steps or (max(1, round(a.epochs * steps_per_epoch)) if a.epochs else DEFAULT_STEPS)
     eval_every = a.eval_every or max(1, steps // 10)
