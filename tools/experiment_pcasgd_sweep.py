@@ -31,11 +31,42 @@ import experiment_pcasgd as one  # noqa: E402  (run_one, read, LABELS: beside th
 REPO = one.REPO
 
 
+def diverged(run_dir: str) -> bool:
+    """Whether the run there stopped as diverged (a non-finite loss: exit 3, trace status)."""
+    try:
+        return str(one.trace.read_run(run_dir).attrs.get("status", "")).startswith("diverged")
+    except (one.trace.TraceError, OSError):
+        return False
+
+
+def run_or_diverge(label, seed, run_args, run_dir):
+    """``read``'s numbers of the run (made unless already there), or None if it diverged."""
+    if not diverged(run_dir):
+        try:
+            one.run_one(label, seed, run_args, run_dir)
+        except SystemExit:
+            if not diverged(run_dir):
+                raise
+            print("  diverged", flush=True)
+    return None if diverged(run_dir) else one.read(run_dir, run_args.delay)
+
+
+def cell(res, seeds, lab, tau) -> str:
+    """Mean +- std over the seeds that did not diverge, and how many did."""
+    acc = [res[(lab, tau, s)][0].mean() for s in seeds if res[(lab, tau, s)] is not None]
+    div = len(seeds) - len(acc)
+    if not acc:
+        return "diverged"
+    return one.pm(acc) + (f" ({div} diverged)" if div else "")
+
+
 def margin(res, seeds, tau, a: str, b: str):
-    """Per seed, variant a's mean final accuracy minus variant b's (same seed, same tau), or None."""
+    """Per seed where neither diverged, variant a's mean final accuracy minus variant b's (same
+    seed, same tau); None if a variant was not run."""
     if any((a, tau, s) not in res or (b, tau, s) not in res for s in seeds):
         return None
-    return [res[(a, tau, s)][0].mean() - res[(b, tau, s)][0].mean() for s in seeds]
+    return [res[(a, tau, s)][0].mean() - res[(b, tau, s)][0].mean() for s in seeds
+            if res[(a, tau, s)] is not None and res[(b, tau, s)] is not None]
 
 
 def main(argv=None) -> None:
@@ -71,8 +102,7 @@ def main(argv=None) -> None:
         for seed in seeds:
             for lab in labels:
                 d = os.path.join(a.runs, f"{lab}-tau{tau}-s{seed}")
-                one.run_one(lab, seed, run_args, d)
-                res[(lab, tau, seed)] = one.read(d, tau)
+                res[(lab, tau, seed)] = run_or_diverge(lab, seed, run_args, d)
     print(f"all runs: {time.time() - t0:.0f} s", flush=True)
 
     cmd = shlex.join(["python", "tools/experiment_pcasgd_sweep.py",
@@ -84,14 +114,16 @@ def main(argv=None) -> None:
              "|---" * (len(delays) + 1) + "|"]
     for lab in labels:
         lines.append(f"| {one.LABELS[lab][0]} | " + " | ".join(
-            one.pm([res[(lab, t, s)][0].mean() for s in seeds]) for t in delays) + " |")
+            cell(res, seeds, lab, t) for t in delays) + " |")
     for a_, b_ in (("pc", "c"), ("pc", "dasgd"), ("p", "dasgd")):
         row = [margin(res, seeds, t, a_, b_) for t in delays]
         if all(m is not None for m in row):
             lines.append(f"| {one.LABELS[a_][0]} minus {one.LABELS[b_][0].split(' ')[0]} | "
-                         + " | ".join(one.pm(m) for m in row) + " |")
+                         + " | ".join(one.pm(m) if m else "-" for m in row) + " |")
     lines += ["", "Margins: per seed, the difference of the two variants' mean final accuracy "
-              "(same seed, same tau), then mean +- std over seeds."]
+              "(same seed, same tau), then mean +- std over seeds; a diverged run (a non-finite "
+              "loss, mpidist.pcasgd's exit 3) is counted, not averaged, and its seed is left out "
+              "of the margins."]
     with open(os.path.join(a.out, f"sweep{sfx}.md"), "w") as f:
         f.write(stamp.line() + "\n\n" + "\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -101,19 +133,22 @@ def main(argv=None) -> None:
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for lab in labels:
-        acc = np.array([[res[(lab, t, s)][0].mean() for s in seeds] for t in delays])
-        line, = ax.plot(delays, acc.mean(1), marker="o", label=one.LABELS[lab][0])
-        ax.fill_between(delays, acc.mean(1) - acc.std(1), acc.mean(1) + acc.std(1),
-                        color=line.get_color(), alpha=0.15)
+        acc = [[res[(lab, t, s)][0].mean() for s in seeds if res[(lab, t, s)] is not None]
+               for t in delays]
+        mean = np.array([np.mean(v) if v else np.nan for v in acc])
+        std = np.array([np.std(v) if v else np.nan for v in acc])
+        line, = ax.plot(delays, mean, marker="o", label=one.LABELS[lab][0])
+        ax.fill_between(delays, mean - std, mean + std, color=line.get_color(), alpha=0.15)
     ax.set(xlabel="delay tau (steps)", ylabel="final test accuracy (%), mean of the agents",
            title=f"{a.np} agents, shards {a.shards}, {len(seeds)} seeds (band: std)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(os.path.join(a.out, f"sweep{sfx}.png"), dpi=120)
-    out = {f"{lab}-tau{t}-s{s}": dict(final=res[(lab, t, s)][0].tolist(),
-                                      predicting=res[(lab, t, s)][4],
-                                      wall_seconds=res[(lab, t, s)][5])
+    out = {f"{lab}-tau{t}-s{s}": ("diverged" if res[(lab, t, s)] is None else
+                                  dict(final=res[(lab, t, s)][0].tolist(),
+                                       predicting=res[(lab, t, s)][4],
+                                       wall_seconds=res[(lab, t, s)][5]))
            for lab in labels for t in delays for s in seeds}
     with open(os.path.join(a.out, f"sweep{sfx}.json"), "w") as f:
         json.dump(dict(made_by=stamp.line(), command=cmd, agents=a.np, shards=a.shards,
