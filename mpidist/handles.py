@@ -4,6 +4,21 @@ errors of communication (:class:`CommError`, :class:`CommTimeout`).
 :class:`mpidist.comm.Communicator` creates the handles. A handle owns its pooled buffer until it
 completes, waits with a deadline (spinning, then sleeping, see :func:`_poll`), holds back its
 completion until the emulated link would have delivered it, and writes its one trace row when done.
+
+Blocked time (the trace row's ``t_wait``, trace format 3). ``t_wait`` is when the rank began to
+wait for the operation, on the trace clock of ``t_post``/``t_done``; the rank was blocked on it
+from ``t_wait`` to ``t_done``. The rule:
+
+- :meth:`Handle.wait` looks at MPI's completion (a few ``MPI_Test`` calls, well under a
+  microsecond) and at the emulated link's arrival first. If both say done, the rank did not block:
+  ``t_wait`` stays NaN. Otherwise ``t_wait`` is the clock read right then, before it polls or
+  sleeps (so the blocked time ``t_done - t_wait`` misses at most that first look).
+- Only the FIRST wait counts: a wait that timed out and is tried again keeps its ``t_wait``.
+- :func:`waitall`: once it has blocked on one of its handles (from ``t_wait`` of that handle
+  on), every later handle of the same call not yet completed gets that same ``t_wait``: the rank
+  was waiting for all of them since then, even if MPI finished one meanwhile.
+- ``test()`` is a poll, not a wait: an operation completed by ``test()`` has ``t_wait`` NaN,
+  unless the caller waits by polling and says so with :meth:`Handle.waiting` (MD-GAN's server).
 """
 from __future__ import annotations
 
@@ -21,6 +36,7 @@ class CommTimeout(CommError):
     """A wait whose deadline passed; the message names rank, peer, tag and channel."""
 
 
+_NAN = float("nan")
 _SPIN_SECONDS = 0.02  # poll without sleeping this long, then poll with short sleeps
 _SPIN_PER_BYTE = 1e-9  # ... or as long as its bytes take at 1 GB/s, if longer (large messages)
 
@@ -38,7 +54,8 @@ class Handle:
     "Benchmarks"): few attributes to set, MPI's completion polled before any deadline is set up,
     the trace row written by one call.
     """
-    __slots__ = ("comm", "req", "row", "result", "buf", "finish", "t_ready", "state", "t_done")
+    __slots__ = ("comm", "req", "row", "result", "buf", "finish", "t_ready", "state", "t_done",
+                 "t_wait")
 
     def __init__(self, comm, req, op, peer, tag, channel, nbytes, t_post, result, buf=None,
                  finish=None, t_ready=0.0, step=None):
@@ -51,6 +68,7 @@ class Handle:
         self.t_ready = t_ready
         self.state = 0  # 0 posted, 1 MPI has finished with the buffers, 2 completed and recorded
         self.t_done = 0.0
+        self.t_wait = _NAN  # when the rank began to wait for it (see the module's docstring)
 
     @property
     def step(self) -> int:
@@ -84,7 +102,14 @@ class Handle:
         self.state = 2
         trace = self.comm.trace
         if trace is not None:
-            trace.comm(*self.row, now)
+            trace.comm_row(self.row + (now, self.t_wait))
+
+    def waiting(self, now: float | None = None) -> None:
+        """The rank begins to wait for this operation by polling :meth:`test` (MD-GAN's server
+        waits for feedback or a crash notice, whichever comes): record ``now`` (default: the
+        clock) as its ``t_wait``, unless it is complete or already has one."""
+        if self.state != 2 and self.t_wait != self.t_wait:  # NaN: not waited on yet
+            self.t_wait = self.comm.clock() if now is None else now
 
     def test(self) -> bool:
         if self.state == 2:
@@ -110,6 +135,8 @@ class Handle:
             test = self.req.Test
             try:
                 if not (test() or test() or test() or test()):
+                    if self.t_wait != self.t_wait:  # NaN: the first wait that blocks
+                        self.t_wait = comm.clock()
                     timeout = comm.timeout if timeout is None else timeout
                     if timeout == float("inf"):
                         self.req.Wait()
@@ -126,6 +153,8 @@ class Handle:
                 self._mpi_complete()
         now = comm.clock()
         if now < self.t_ready:   # the emulated link delivers it later: that wait has a deadline too
+            if self.t_wait != self.t_wait:
+                self.t_wait = now
             timeout = comm.timeout if timeout is None else timeout
             if self.t_ready - now > timeout:
                 time.sleep(timeout)
@@ -138,7 +167,7 @@ class Handle:
         self.state = 2
         trace = comm.trace
         if trace is not None:
-            trace.comm(*self.row, now)
+            trace.comm_row(self.row + (now, self.t_wait))
         return self.result
 
     def cancel(self) -> bool:
@@ -198,12 +227,20 @@ def _poll(test, timeout: float, handle: Handle) -> None:
 
 
 def waitall(handles, timeout: float | None = None) -> list:
-    """Wait for every handle (each with the same deadline counted from now); return their results."""
+    """Wait for every handle (each with the same deadline counted from now); return their results.
+    From the moment it first blocks, the handles it has not completed yet share that ``t_wait``
+    (see the module's docstring)."""
     t0 = time.monotonic()
+    t_block = _NAN
     out = []
     for h in handles:
         left = None
         if timeout is not None:
             left = max(timeout - (time.monotonic() - t0), 0.0)
+        fresh = h.t_wait != h.t_wait  # NaN: never waited on before
+        if fresh and t_block == t_block and h.state != 2:
+            h.t_wait = t_block
         out.append(h.wait(left))
+        if fresh and t_block != t_block and h.t_wait == h.t_wait:  # the first it blocked on
+            t_block = h.t_wait
     return out

@@ -12,7 +12,10 @@ and users' notebooks read (README.md, "The trace format"):
     ``dropped_metric_rows`` if the file system refused rows for too long).
 ``/comm``
     one row per completed operation: ``step`` i8, ``op`` S12, ``peer`` i4 (-1 for collectives),
-    ``tag`` i4, ``channel`` S24, ``nbytes`` i8, ``t_post`` f8, ``t_done`` f8 (seconds since t = 0).
+    ``tag`` i4, ``channel`` S24, ``nbytes`` i8, ``t_post`` f8, ``t_done`` f8, ``t_wait`` f8
+    (seconds since t = 0; ``t_wait``: when the rank began to wait for the operation, NaN if it never
+    blocked on it, so that it was blocked ``t_done - t_wait`` seconds; the rule is in
+    :mod:`mpidist.handles`; format version 3, the reader gives older files' rows NaN there).
 ``/metrics``
     one row per logged value: ``step`` i8, ``t`` f8, ``name`` S32, ``value`` f8.
 
@@ -30,8 +33,8 @@ unnoticed (the reader refuses the global heap damage on which libhdf5 2.0 would 
 tests/programs/fuzz_trace.py fuzzes the reader and the tools with damaged files
 (tools/results/reliability/fuzz.md).
 
-Rows are recorded into preallocated numpy arrays (a fraction of a microsecond each) and reach the
-file in bulk at each :meth:`TraceWriter.flush`, a commit by rename (:mod:`mpidist.trace_commit`):
+Rows are recorded as tuples appended to a list (about 0.1 us each; one numpy array per flush) and
+reach the file in bulk at each :meth:`TraceWriter.flush`, a commit by rename (:mod:`mpidist.trace_commit`):
 the file at ``rank<k>.h5`` is complete and closed at every instant, so a rank killed anywhere
 leaves a file that opens and holds every row of every flush that returned, and a reader never
 delays a flush. A flush the file system refuses never ends training (:mod:`mpidist.trace_writer`).
@@ -45,11 +48,12 @@ re-exports: :mod:`mpidist.trace_format` (``FORMAT``, ``FORMAT_VERSION``, ``ROW_D
 """
 from __future__ import annotations
 
-from .trace_format import (COMM_DTYPE, FORMAT, FORMAT_VERSION, LIBVER, METRIC_DTYPE, ROW_DTYPES,
-                           TraceError, new_run_id, rank_path)
+from .trace_format import (COMM_DTYPE, COMM_DTYPE_V2, FORMAT, FORMAT_VERSION, LIBVER,
+                           METRIC_DTYPE, ROW_DTYPES, TraceError, new_run_id, rank_path)
 from .trace_reader import RankTrace, RunTrace, check_run, rank_files, read_rank, read_run
 from .trace_writer import TraceWriter
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "COMM_DTYPE", "METRIC_DTYPE", "ROW_DTYPES", "LIBVER",
+__all__ = ["FORMAT", "FORMAT_VERSION", "COMM_DTYPE", "COMM_DTYPE_V2", "METRIC_DTYPE", "ROW_DTYPES",
+           "LIBVER",
            "TraceError", "rank_path", "new_run_id", "TraceWriter", "RankTrace", "RunTrace",
            "read_rank", "read_run", "rank_files", "check_run"]

@@ -13,6 +13,10 @@ Versions (``format_version``), each read by this reader with its own row types (
 2. the same datasets and attributes, written with the HDF5 1.10 file format (``LIBVER``, read by
    HDF5 1.10 and every later release, metadata still checksummed), a ``run_id`` attribute shared
    by all ranks of a run, and each flush committed by an atomic rename (:mod:`mpidist.trace_commit`).
+3. as 2, with one more ``/comm`` field at the end of each row, ``t_wait`` f8: when the rank began
+   to wait for the operation (same clock as ``t_post``/``t_done``), NaN if it never blocked on it
+   (see :class:`mpidist.handles.Handle`). The reader gives rows of versions 1 and 2 this field
+   too, filled with NaN (``RankTrace.records_wait`` tells the two apart).
 
 A later version adds its entry to ``ROW_DTYPES`` (and raises ``FORMAT_VERSION``); files of every
 version listed still read.
@@ -25,16 +29,21 @@ import uuid
 import numpy as np
 
 FORMAT = "mpidist-trace"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
-COMM_DTYPE = np.dtype([
+# the rows of /comm in versions 1 and 2
+COMM_DTYPE_V2 = np.dtype([
     ("step", "<i8"), ("op", "S12"), ("peer", "<i4"), ("tag", "<i4"), ("channel", "S24"),
     ("nbytes", "<i8"), ("t_post", "<f8"), ("t_done", "<f8"),
 ])
+# the rows of /comm written now (version 3): t_wait added at the end
+COMM_DTYPE = np.dtype(COMM_DTYPE_V2.descr + [("t_wait", "<f8")])
 METRIC_DTYPE = np.dtype([("step", "<i8"), ("t", "<f8"), ("name", "S32"), ("value", "<f8")])
 
 # format_version -> (row type of /comm, row type of /metrics): what the reader expects
-ROW_DTYPES = {1: (COMM_DTYPE, METRIC_DTYPE), 2: (COMM_DTYPE, METRIC_DTYPE)}
+ROW_DTYPES = {1: (COMM_DTYPE_V2, METRIC_DTYPE), 2: (COMM_DTYPE_V2, METRIC_DTYPE),
+              3: (COMM_DTYPE, METRIC_DTYPE)}
+WAIT_VERSION = 3  # the first format_version whose rows record t_wait
 
 # HDF5 file-format bounds of the files written (h5py's libver): the HDF5 1.10 format, the oldest
 # whose every metadata structure carries a checksum (superblock version 3, version-2 object

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Read mpidist traces (the per-rank HDF5 files of a run directory) and show what happened.
 
-    python tools/mpidist_trace.py summary runs/<run> [--csv table.csv]
+    python tools/mpidist_trace.py summary runs/<run> [--csv table.csv] [--time-csv time.csv]
     python tools/mpidist_trace.py plot    runs/<run> [-o DIR] [--metrics loss,accuracy]
                                                      [--window T0 T1]
     python tools/mpidist_trace.py compare runs/<a> runs/<b> ... [-o DIR] [--x ARG]
@@ -10,12 +10,15 @@
     python tools/mpidist_trace.py export  runs/<run> [-o trace.json] [--steps A:B] [--max-events N]
     python tools/mpidist_trace.py export  --format otf2 runs/<run> [-o DIR]   # Vampir, Scalasca
 
-summary   communication per rank, op, peer and channel (messages, bytes, seconds in flight,
-          effective bandwidth), per-channel and per-run totals, as text (and CSV with --csv).
+summary   communication per rank, op, peer and channel (messages, bytes, time in flight and
+          time the rank was blocked on it, overlap), the time of each rank and channel: compute,
+          blocked and overlap % (in-flight time during which the rank was not blocked), and
+          per-channel and per-run totals, as text (CSV with --csv and --time-csv).
 plot      PNG figures into DIR (default <run>/figures): bytes_per_step.png (traffic per channel
-          against steps), traffic_heatmap.png (rank x rank bytes), timeline.png (messages in
-          flight per rank; timeline_zoom.png: the middle of a long run), metrics_steps.png and
-          metrics_time.png (every metric against steps and against seconds since the start).
+          against steps), traffic_heatmap.png (rank x rank bytes), timeline.png (the spans each
+          rank was blocked waiting for a message; timeline_zoom.png: the middle of a long run),
+          metrics_steps.png and metrics_time.png (every metric against steps and against
+          seconds since the start).
 compare   several runs in one figure (compare.png) and one table (compare.csv, and printed),
           written next to the runs (the directory holding them) unless -o: traffic per run (or
           against an argument of the runs with --x, e.g. --x sync_period), each algorithm's
@@ -25,8 +28,9 @@ analyze   the rank-by-rank traffic matrix, the message-size histogram, per-step 
           (slowest rank's step time over the mean) and bytes per step against each paper's
           formula (PC-ASGD, D-PSGD, AdaComm); --csv-dir DIR: the same as CSV files.
 export    Chrome trace-event JSON for ui.perfetto.dev or chrome://tracing: one process per
-          rank, one track per peer and direction, a flow arrow from each send's posting to its
-          receive's completion, counters of bytes in flight and of the metrics; a window of
+          rank, one track per peer and direction, a slice per span the rank was blocked on an
+          operation, a flow arrow from each send's posting to its receive's completion,
+          counters of bytes in flight and of the metrics; a window of
           whole steps (--steps A:B, and at most --max-events events, default 40000: a few MB).
           --format otf2: an OTF2 archive (a directory; default <run>/otf2) for Vampir,
           Scalasca/Cube and pipit (needs pip install otf2).
@@ -80,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("run", help="run directory (or one rank<k>.h5)")
     s.add_argument("--csv", metavar="FILE", help="also write the table as CSV ('-': CSV to "
                                                  "stdout instead of the text)")
+    s.add_argument("--time-csv", metavar="FILE", help="also write the time per rank and channel "
+                                                      "(compute, blocked, overlap) as CSV ('-': "
+                                                      "to stdout instead of the text)")
 
     pl = sub.add_parser("plot", parents=[common], help="PNG figures of one run")
     pl.add_argument("run")
@@ -184,16 +191,27 @@ def refuse_output_dir(path: str | None) -> None:
 
 def cmd_summary(a) -> None:
     refuse_output(a.csv, "--csv")
+    refuse_output(a.time_csv, "--time-csv")
     run = analysis.load(a.run, a.skip_bad)
+    if a.csv == "-" and a.time_csv == "-":
+        raise TraceError("--csv - and --time-csv -: only one of them can go to stdout")
+    if a.time_csv == "-":
+        sys.stdout.write(analysis.time_csv(run))
+        return
+    # files first, so that a path that cannot be written fails before any output
+    if a.time_csv:
+        with open(a.time_csv, "w", newline="") as f:
+            f.write(analysis.time_csv(run))
     if a.csv == "-":
         sys.stdout.write(analysis.summary_csv(run))
         return
-    if a.csv:  # first, so that a path that cannot be written fails before any output
+    if a.csv:
         with open(a.csv, "w", newline="") as f:
             f.write(analysis.summary_csv(run))
     print(analysis.summary_text(run))
-    if a.csv:
-        print(f"\ncsv: {a.csv}")
+    for path in (a.csv, a.time_csv):
+        if path:
+            print(f"\ncsv: {path}")
 
 
 def cmd_plot(a) -> None:

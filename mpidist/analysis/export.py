@@ -1,16 +1,19 @@
 """Exports of a run for other viewers: the Chrome trace-event / Perfetto JSON object of the
-``export`` command (one process per rank, a track per peer and direction, flow arrows from each
-send's posting to its receive's completion, counters of bytes in flight and of the metrics), kept
-small by a window of steps (``steps``, ``max_events``), and a checker of such an object's
-structure. The OTF2 export is :mod:`.otf2_export`."""
+``export`` command (one process per rank, a track per peer and direction, a slice per span the rank
+was blocked on an operation, flow arrows from each send's posting to its receive's completion,
+counters of bytes in flight and of the metrics), kept small by a window of steps (``steps``,
+``max_events``), and a checker of such an object's structure. The OTF2 export is
+:mod:`.otf2_export`."""
 from __future__ import annotations
 
 import json
 
 import numpy as np
 
+from .blocking import records_wait
 from .formatting import _dec
 from .loading import Run
+from .otf2_export import wait_start
 from .plots import _lanes
 from .tables import metric_names
 
@@ -43,7 +46,8 @@ def match_messages(c: np.ndarray) -> list[tuple[int, int]]:
 
 def _events_per_step(run: Run, pairs) -> tuple[np.ndarray, int]:
     """(events each step adds to the export, the first step): a slice and two counter points per
-    row, two flow events per matched message, one counter point per metric value."""
+    row (and a posting slice per send, where blocked spans are drawn), two flow events per matched
+    message, one counter point per metric value."""
     c, m = run.comm, run.metrics
     steps = [c["step"]] if len(c) else []
     steps += [m["step"]] if len(m) else []
@@ -54,6 +58,8 @@ def _events_per_step(run: Run, pairs) -> tuple[np.ndarray, int]:
     n = np.zeros(int(allsteps.max()) - s0 + 1, int)
     if len(c):
         np.add.at(n, c["step"] - s0, 3)
+        if records_wait(run):
+            np.add.at(n, c["step"][c["op"] == b"send"] - s0, 1)
         if pairs:
             np.add.at(n, c["step"][np.array([a for a, _ in pairs])] - s0, 2)
     if len(m):
@@ -97,8 +103,13 @@ def chrome_trace(run: Run, steps: tuple | None = None,
 
     - one process per rank (``pid`` = rank, named "rank k (host)");
     - one thread (track) per peer and direction ("send to 3", "recv from 1") and per collective
-      op ("allreduce"), split into numbered lanes where operations overlap, so that complete
-      events ("X", ``name`` = channel) on one track never overlap;
+      op ("allreduce"), split into numbered lanes where slices overlap, so that complete events
+      ("X", ``name`` = channel) on one track never overlap. A row's slice spans the time the rank
+      was BLOCKED on it, ``t_wait .. t_done`` (``cat`` = op), zero-length at ``t_done`` if it
+      never blocked: receives posted many messages ahead do not fill the tracks (their posting
+      time is in ``args.t_post``). Each send also has a zero-length slice at its posting (``cat``
+      "post"), where its flow starts. Traces older than format 3 (no ``t_wait``): slices span
+      posting to completion, as before (``otherData.slices`` says which);
     - flow events ("s" -> "f", ``bp`` "e") from each send, at its posting, to the completion of
       its receive, paired by (sender, receiver, tag, channel) in order of posting (MPI's
       non-overtaking rule); never backwards in time (a pair whose receive completed before the
@@ -119,6 +130,7 @@ def chrome_trace(run: Run, steps: tuple | None = None,
     new_index = np.full(len(call), -1)
     new_index[keep] = np.arange(int(keep.sum()))
     c = call[keep]
+    blocked_mode = records_wait(run)
     ev: list[dict] = []
     host = {r.rank: r.attrs.get("hostname", "?") for r in run.ranks}
     for rk in sorted(host):
@@ -133,6 +145,9 @@ def chrome_trace(run: Run, steps: tuple | None = None,
             continue
         rows = c[idx]
         ops = np.array([_dec(o) for o in rows["op"]])
+        t_done = np.maximum(rows["t_done"], rows["t_post"])
+        start = wait_start(rows) if blocked_mode else rows["t_post"]
+        posts = (ops == "send") if blocked_mode else np.zeros(len(rows), bool)
         tracks = {}
         for i, (op, peer) in enumerate(zip(ops, rows["peer"])):
             if op == "send":
@@ -145,7 +160,9 @@ def chrome_trace(run: Run, steps: tuple | None = None,
         tid = 1
         for (order, name), members in sorted(tracks.items()):
             m = np.array(members)
-            lane, nl = _lanes(rows["t_post"][m], rows["t_done"][m], cap=1 << 30)
+            pm = m[posts[m]]  # sends' posting slices share the track's lanes
+            lane, nl = _lanes(np.concatenate([start[m], rows["t_post"][pm]]),
+                              np.concatenate([t_done[m], rows["t_post"][pm]]), cap=1 << 30)
             for k in range(nl):
                 ev.append({"ph": "M", "name": "thread_name", "pid": rk, "tid": tid + k, "ts": 0,
                            "args": {"name": name if k == 0 else f"{name} #{k + 1}"}})
@@ -154,12 +171,23 @@ def chrome_trace(run: Run, steps: tuple | None = None,
             lane = [int(x) for x in lane]
             for j, i in enumerate(m):
                 row = rows[i]
-                t0, t1 = _us(row["t_post"]), _us(max(row["t_done"], row["t_post"]))
+                t0, t1 = _us(start[i]), _us(t_done[i])
+                args = {"step": int(row["step"]), "bytes": int(row["nbytes"]),
+                        "peer": int(row["peer"]), "tag": int(row["tag"])}
+                if blocked_mode:
+                    args["t_post"] = _us(row["t_post"])
                 ev.append({"ph": "X", "name": _dec(row["channel"]), "cat": ops[i],
                            "ts": t0, "dur": round(t1 - t0, 3), "pid": rk, "tid": tid + lane[j],
+                           "args": args})
+                slice_of[idx[i]] = (tid + lane[j], t0, round(t0 + round(t1 - t0, 3), 3))
+            for j, i in enumerate(pm):
+                row = rows[i]
+                tp = _us(row["t_post"])
+                ev.append({"ph": "X", "name": _dec(row["channel"]), "cat": "post", "ts": tp,
+                           "dur": 0.0, "pid": rk, "tid": tid + lane[len(m) + j],
                            "args": {"step": int(row["step"]), "bytes": int(row["nbytes"]),
                                     "peer": int(row["peer"]), "tag": int(row["tag"])}})
-                slice_of[idx[i]] = (tid + lane[j], t0, round(t0 + round(t1 - t0, 3), 3))
+                slice_of[idx[i]] = (tid + lane[len(m) + j], tp, tp)  # where its flow starts
             tid += nl
         # bytes in flight counter
         kinds = np.where(ops == "send", 0, np.where(ops == "recv", 1, 2))
@@ -207,6 +235,8 @@ def chrome_trace(run: Run, steps: tuple | None = None,
             "otherData": {"mpidist_run": run.path, "algorithm": run.algorithm,
                           "world_size": run.world_size, "status": run.status,
                           "flows": n_flows, "flows_backwards": backwards,
+                          "slices": "blocked (t_wait..t_done)" if blocked_mode
+                          else "in flight (t_post..t_done; trace format < 3)",
                           "steps": [int(lo), int(hi)], "run_steps": [first, last],
                           "max_events": int(max_events), "narrowed": narrowed,
                           "args": json.dumps(run.args, default=str)}}

@@ -21,10 +21,10 @@ What the archive holds, one OTF2 location (an MPI process) per rank, on one comm
   ``mpidist_step``; one ``mpidist <algorithm>`` region spans each rank's trace, so that time
   outside the MPI regions shows as the program's own (compute).
 
-The ``MPI_Wait`` regions have zero length: the trace format records when an operation completed,
-not since when the rank waited for it. Once rows carry a ``t_wait`` field (the time the rank began
-to wait, NaN if it never waited), :func:`wait_start` makes each ``MPI_Wait`` region span
-``t_wait .. t_done``, which is what Vampir and Scalasca call time in MPI.
+Each ``MPI_Wait`` region spans ``t_wait .. t_done`` (:func:`wait_start`: the row's ``t_wait``,
+when the rank began to wait, trace format 3), which is what Vampir and Scalasca call time in
+MPI; it has zero length for an operation the rank never blocked on, and for every row of a trace
+older than format 3 (no ``t_wait`` recorded).
 """
 from __future__ import annotations
 

@@ -174,11 +174,17 @@ def _lanes(t0: np.ndarray, t1: np.ndarray, cap: int = 6) -> tuple[np.ndarray, in
 
 
 def plot_timeline(run: Run, path: str, window: tuple | None = None) -> str:
-    """One row per rank; a bar per operation in flight (t_post..t_done) coloured by channel, in
-    as many lanes as the rank had operations overlapping; blank stretches are compute (or idle).
-    Thin grey ticks mark where each step's first operation was posted."""
+    """One row per rank; a bar per span the rank was BLOCKED waiting for an operation
+    (t_wait..t_done) coloured by channel, in as many lanes as waits overlapped (one waitall over
+    several operations); blank stretches are compute, messages in flight meanwhile included (the
+    summary's overlap). Operations completed without blocking draw no bar, so that receives posted
+    many messages ahead do not cover the lanes. Traces older than format 3 (no t_wait) draw each
+    operation from posting to completion instead, as the title says. Thin grey ticks mark where
+    each step's first operation was posted."""
     plt = _plt()
     from matplotlib.patches import Patch
+    from .blocking import records_wait
+    blocked_mode = records_wait(run)
     c = run.comm
     colors = channel_colors(channels(run))
     if window is None:
@@ -188,17 +194,33 @@ def plot_timeline(run: Run, path: str, window: tuple | None = None) -> str:
     minw = span / 1500  # narrower bars are widened to stay visible
     ranks = sorted(r.rank for r in run.ranks)
     fig_h = min(1.2 + 0.75 * len(ranks), 12)
-    shown = int(((c["t_done"] >= lo) & (c["t_post"] <= hi)).sum()) if len(c) else 0
+    if blocked_mode and len(c):  # bars from the start of the wait (rows never waited on: none)
+        c = c[np.isfinite(c["t_wait"])]
+        start = np.clip(c["t_wait"], c["t_post"], np.maximum(c["t_done"], c["t_post"]))
+    else:
+        start = c["t_post"] if len(c) else np.zeros(0)
+    shown = int(((c["t_done"] >= lo) & (start <= hi)).sum()) if len(c) else 0
     edges = shown <= 60 * max(len(ranks), 1)  # thin white edges part neighbouring bars when few
     fig, ax = plt.subplots(figsize=(12, fig_h))
     ax.grid(False)
     ax.grid(True, axis="x", alpha=0.3)
     for row, rk in enumerate(ranks):
-        r = c[(c["rank"] == rk) & (c["t_done"] >= lo) & (c["t_post"] <= hi)] if len(c) else c
+        sel_r = (c["rank"] == rk) & (c["t_done"] >= lo) & (start <= hi) if len(c) else None
+        r = c[sel_r] if len(c) else c
+        r_start = start[sel_r] if len(c) else start
         ax.axhspan(row - 0.45, row + 0.45, color="#f4f4f4" if row % 2 else "#fbfbfb", zorder=0)
+        all_r = run.comm[run.comm["rank"] == rk] if len(run.comm) else run.comm
+        all_r = all_r[(all_r["t_post"] >= lo) & (all_r["t_post"] <= hi)] if len(all_r) else all_r
+        if len(all_r):  # step starts: first post of each step on this rank
+            order = np.argsort(all_r["t_post"], kind="stable")
+            rs = all_r[order]
+            _, first = np.unique(rs["step"], return_index=True)
+            ts = rs["t_post"][first]
+            if len(ts) <= 120:
+                ax.vlines(ts, row - 0.45, row - 0.38, color="#333333", lw=0.9, zorder=3)
         if not len(r):
             continue
-        lane, nl = _lanes(r["t_post"], r["t_done"])
+        lane, nl = _lanes(r_start, r["t_done"])
         h = 0.78 / nl
         is_recv = r["op"] == b"recv"
         for ch in colors:
@@ -208,19 +230,12 @@ def plot_timeline(run: Run, path: str, window: tuple | None = None) -> str:
                     s = sel & (lane == k) & (is_recv == recv)
                     if not s.any():
                         continue
-                    x0 = r["t_post"][s]
+                    x0 = r_start[s]
                     w = np.maximum(r["t_done"][s] - x0, minw)
                     ax.broken_barh(list(zip(x0, w)), (row - 0.36 + k * h, h * 0.9),
                                    facecolors=colors[ch], alpha=0.5 if recv else 1.0,
                                    edgecolors="white" if edges else "none", linewidth=0.6,
                                    zorder=2)
-        # step starts: first post of each step on this rank
-        order = np.argsort(r["t_post"], kind="stable")
-        rs = r[order]
-        steps, first = np.unique(rs["step"], return_index=True)
-        ts = rs["t_post"][first]
-        if len(ts) <= 120:
-            ax.vlines(ts, row - 0.45, row - 0.38, color="#333333", lw=0.9, zorder=3)
     ax.set_yticks(range(len(ranks)))
     ax.set_yticklabels([f"rank {k}" for k in ranks])
     ax.set_ylim(len(ranks) - 0.5, -0.5)
@@ -232,8 +247,11 @@ def plot_timeline(run: Run, path: str, window: tuple | None = None) -> str:
                 Patch(color="#555555", alpha=0.5, label="recv")]
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), title="channel",
               frameon=False)
-    ax.set_title(f"Messages in flight per rank (post to completion; lanes: overlapping "
-                 f"operations; blank: compute/idle; ticks: step starts)\n{_title(run)}"
+    what = ("Time blocked per rank (bar: waiting for a message, t_wait to completion; blank: "
+            "compute, messages may be in flight; ticks: step starts)" if blocked_mode else
+            "Messages in flight per rank (post to completion: this trace (format < 3) does not "
+            "record blocked time; blank: compute/idle; ticks: step starts)")
+    ax.set_title(f"{what}\n{_title(run)}"
                  + (f", window {lo:.3f}-{hi:.3f} s" if window != (0.0, max(run.duration, 1e-6))
                     else ""))
     fig.tight_layout()

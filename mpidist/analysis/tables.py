@@ -3,7 +3,8 @@ rank x rank traffic matrix, metric series and their mean over ranks, and the ``s
 command's text and CSV.
 
 Conventions (see :mod:`mpidist.analysis`): *traffic* counts each point-to-point byte once, at its
-sender, plus every rank's buffer of a collective; ``in_flight_s`` sums posting-to-completion times.
+sender, plus every rank's buffer of a collective; ``in_flight_s``, ``blocked_s`` and
+``overlap_pct`` are measures of unions of intervals (:mod:`.blocking`), never sums of rows.
 """
 from __future__ import annotations
 
@@ -12,17 +13,22 @@ import io
 
 import numpy as np
 
-from .formatting import _dec, fmt_bytes, fmt_rate, text_table
+from .blocking import (NOT_RECORDED, TIME_COLUMNS, group_times, intervals, records_wait,
+                       run_time_totals, time_table)
+from .formatting import _dec, fmt_bytes, text_table
 from .loading import Run
 
 
 COMM_COLUMNS = ["rank", "op", "peer", "channel", "messages", "bytes", "in_flight_s",
-                "mean_ms", "bandwidth_Bps", "first_step", "last_step"]
+                "blocked_s", "overlap_pct", "first_step", "last_step"]
 
 
 def comm_table(run: Run) -> list[dict]:
-    """One row per (rank, op, peer, channel): messages, bytes, seconds in flight (summed), mean
-    milliseconds per message, bandwidth (bytes / seconds in flight), first and last step."""
+    """One row per (rank, op, peer, channel): messages, bytes, in_flight_s (time at least one of
+    the group's operations was in flight: a union, so receives posted ahead count once),
+    blocked_s (time the rank was blocked on one of them), overlap_pct (the share of in_flight_s
+    during which the rank was not blocked on anything), first and last step (:mod:`.blocking`;
+    blocked_s and overlap_pct NaN for traces that do not record t_wait)."""
     c = run.comm
     if not len(c):
         return []
@@ -32,23 +38,22 @@ def comm_table(run: Run) -> list[dict]:
         key[f] = c[f]
     uniq, inv = np.unique(key, return_inverse=True)
     inv = inv.reshape(-1)
-    dur = np.maximum(c["t_done"] - c["t_post"], 0.0)
     count = np.bincount(inv, minlength=len(uniq))
     nbytes = np.bincount(inv, weights=c["nbytes"].astype(float), minlength=len(uniq))
-    fly = np.bincount(inv, weights=dur, minlength=len(uniq))
     first = np.full(len(uniq), np.iinfo(np.int64).max)
     last = np.full(len(uniq), -1)
     np.minimum.at(first, inv, c["step"])
     np.maximum.at(last, inv, c["step"])
+    rec = {r.rank: getattr(r, "records_wait", True) for r in run.ranks}
+    blocked = {rk: intervals(c[c["rank"] == rk])[1] for rk in rec}
     rows = []
     for i, k in enumerate(uniq):
-        rows.append({"rank": int(k["rank"]), "op": _dec(k["op"]),
+        rk = int(k["rank"])
+        g = group_times(c[inv == i], blocked[rk], rec[rk])
+        rows.append({"rank": rk, "op": _dec(k["op"]),
                      "peer": int(k["peer"]) if k["peer"] >= 0 else "all",
                      "channel": _dec(k["channel"]), "messages": int(count[i]),
-                     "bytes": int(nbytes[i]), "in_flight_s": float(fly[i]),
-                     "mean_ms": 1e3 * float(fly[i]) / count[i],
-                     "bandwidth_Bps": (float(nbytes[i] / fly[i]) if fly[i] > 0 and nbytes[i] > 0
-                                       else float("nan")),
+                     "bytes": int(nbytes[i]), **g,
                      "first_step": int(first[i]), "last_step": int(last[i])})
     return rows
 
@@ -59,26 +64,28 @@ def traffic_mask(c: np.ndarray) -> np.ndarray:
 
 
 def channel_totals(run: Run) -> list[dict]:
-    """Per channel: messages and bytes of traffic (sends + collective buffers), receives, seconds
-    in flight (all rows), and the steps it was used on."""
+    """Per channel: messages and bytes of traffic (sends + collective buffers), receives,
+    blocked_s (summed over ranks: rank-seconds blocked on this channel; NaN if not recorded), and
+    the steps it was used on."""
     c = run.comm
+    tt = time_table(run)
     out = []
     for ch in channels(run):
         rows = c[c["channel"] == ch.encode()]
         t = rows[traffic_mask(rows)]
-        dur = np.maximum(rows["t_done"] - rows["t_post"], 0.0)
         out.append({"channel": ch, "ops": ",".join(sorted({_dec(o) for o in rows["op"]})),
                     "messages": int(len(t)), "bytes": int(t["nbytes"].sum()),
                     "recvs": int((rows["op"] == b"recv").sum()),
-                    "in_flight_s": float(dur.sum()),
+                    "blocked_s": float(sum(r["blocked_s"] for r in tt if r["channel"] == ch)),
                     "steps_used": int(len(np.unique(rows["step"])))})
     return out
 
 
 def run_totals(run: Run) -> dict:
     """One run in one row: ranks, status, duration, steps, messages and bytes of traffic
-    (p2p and collective), bytes per step, and each metric's last value (mean over the ranks
-    that logged it)."""
+    (p2p and collective), bytes per step, compute and blocked rank-seconds, blocked_pct and
+    overlap_pct over all ranks (:func:`.blocking.run_time_totals`), and each metric's last value
+    (mean over the ranks that logged it)."""
     c = run.comm
     t = c[traffic_mask(c)] if len(c) else c
     p2p = t[t["op"] == b"send"] if len(t) else t
@@ -91,8 +98,10 @@ def run_totals(run: Run) -> dict:
            "messages": int(len(t)), "bytes": total,
            "p2p_bytes": int(p2p["nbytes"].sum()) if len(p2p) else 0,
            "collective_bytes": int(coll["nbytes"].sum()) if len(coll) else 0,
-           "bytes_per_step": total / steps if steps > 0 else float("nan"),
-           "in_flight_s": float(np.maximum(c["t_done"] - c["t_post"], 0).sum()) if len(c) else 0.0}
+           "bytes_per_step": total / steps if steps > 0 else float("nan")}
+    tt = run_time_totals(run)
+    row.update(compute_s=tt["compute_s"], blocked_s=tt["blocked_s"],
+               blocked_pct=tt["blocked_pct"], overlap_pct=tt["overlap_pct"])
     for name in metric_names(run):
         row[f"last_{name}"] = last_metric(run, name)
     return row
@@ -175,35 +184,60 @@ def summary_text(run: Run) -> str:
                                break_on_hyphens=False)
     for n in run.notes:
         lines.append(f"note       {n}")
+    rec = records_wait(run)
     rows = comm_table(run)
     lines.append("")
-    lines.append("communication per rank, op, peer and channel (in_flight_s: summed posting-to-"
-                 "completion time; bandwidth = bytes / in_flight_s)")
+    lines.append("communication per rank, op, peer and channel (in_flight_s: time at least one "
+                 "was in flight; blocked_s: time the rank waited for one; overlap: in-flight "
+                 "time not blocked)")
     if rows:
         lines.append(text_table(rows, COMM_COLUMNS, {
-            "bytes": fmt_bytes, "bandwidth_Bps": fmt_rate,
-            "in_flight_s": lambda x: f"{x:.4f}", "mean_ms": lambda x: f"{x:.3f}"}))
+            "bytes": fmt_bytes, "in_flight_s": _secs, "blocked_s": _secs, "overlap_pct": _pct}))
     else:
         lines.append("(no messages recorded)")
+    lines.append("")
+    lines.append("time per rank and channel (compute = span - blocked; blocked_pct: of the rank's "
+                 "span; overlap: share of in-flight time the rank was not blocked)")
+    if not rec:
+        lines.append(f"  {NOT_RECORDED}")
+    tt = time_table(run)
+    if tt:
+        lines.append(text_table(tt, TIME_COLUMNS, {
+            "span_s": _secs, "compute_s": _secs, "blocked_s": _secs, "blocked_pct": _pct,
+            "in_flight_s": _secs, "overlap_pct": _pct}))
     ch = channel_totals(run)
     if ch:
         lines.append("")
-        lines.append("per channel (messages/bytes: sends + collective buffers, each byte once)")
+        lines.append("per channel (messages/bytes: sends + collective buffers, each byte once; "
+                     "blocked_s: rank-seconds)")
         lines.append(text_table(ch, ["channel", "ops", "messages", "bytes", "recvs",
-                                     "in_flight_s", "steps_used"],
-                                {"bytes": fmt_bytes, "in_flight_s": lambda x: f"{x:.4f}"}))
+                                     "blocked_s", "steps_used"],
+                                {"bytes": fmt_bytes, "blocked_s": _secs}))
     lines.append("")
     lines.append("run totals")
     lines.append(f"  messages {tot['messages']}    traffic {fmt_bytes(tot['bytes'])} "
                  f"(point-to-point {fmt_bytes(tot['p2p_bytes'])}, collective "
                  f"{fmt_bytes(tot['collective_bytes'])})    per step "
-                 f"{fmt_bytes(tot['bytes_per_step']) if np.isfinite(tot['bytes_per_step']) else '-'}"
-                 f"    time in flight {tot['in_flight_s']:.3f} s")
+                 f"{fmt_bytes(tot['bytes_per_step']) if np.isfinite(tot['bytes_per_step']) else '-'}")
+    if rec:
+        lines.append(f"  compute {tot['compute_s']:.3f} s, blocked {tot['blocked_s']:.3f} s "
+                     f"({_pct(tot['blocked_pct'])} of {len(run.ranks)} ranks' time), overlap "
+                     f"{_pct(tot['overlap_pct'])} of the time in flight")
+    else:
+        lines.append(f"  {NOT_RECORDED}")
     last = {k[5:]: v for k, v in tot.items() if k.startswith("last_")}
     if last:
         lines.append("  last metric values (mean over the ranks that logged them): "
                      + ", ".join(f"{k} {v:.4g}" for k, v in last.items()))
     return "\n".join(lines)
+
+
+def _secs(x) -> str:
+    return "-" if x != x else f"{x:.4f}"
+
+
+def _pct(x) -> str:
+    return "-" if x != x else f"{x:.1f} %"
 
 
 def summary_csv(run: Run) -> str:
@@ -215,12 +249,23 @@ def summary_csv(run: Run) -> str:
     for r in comm_table(run):
         w.writerow([run.label] + [r[c] for c in COMM_COLUMNS])
     for r in channel_totals(run):
-        fly = r["in_flight_s"]
         w.writerow([run.label, "all", r["ops"], "all", r["channel"], r["messages"], r["bytes"],
-                    fly, "", "", "", ""])
+                    "", r["blocked_s"], "", "", ""])
     t = run_totals(run)
-    w.writerow([run.label, "all", "*", "all", "*", t["messages"], t["bytes"], t["in_flight_s"],
-                "", "", 0, t["steps"] - 1])
+    w.writerow([run.label, "all", "*", "all", "*", t["messages"], t["bytes"], "", t["blocked_s"],
+                t["overlap_pct"], 0, t["steps"] - 1])
+    return buf.getvalue()
+
+
+def time_csv(run: Run) -> str:
+    """CSV of the time per rank and channel (:func:`.blocking.time_table`), seconds unformatted,
+    NaN written as empty."""
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["run"] + TIME_COLUMNS)
+    for r in time_table(run):
+        w.writerow([run.label] + ["" if isinstance(r[c], float) and r[c] != r[c] else r[c]
+                                  for c in TIME_COLUMNS])
     return buf.getvalue()
 
 

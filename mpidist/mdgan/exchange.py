@@ -62,9 +62,11 @@ class ServerLinks:
         """Wait (nonblocking, polling) until every worker of ``fbs`` has sent its feedback or a
         crash notice. Returns (the workers whose F_n arrived, the workers that stopped; the
         feedback receive of a stopped one is withdrawn). A worker that does neither for
-        ``timeout`` seconds died without notice: raise, so the job ends instead of hanging."""
+        ``timeout`` seconds died without notice: raise, so the job ends instead of hanging.
+        This polling is waiting: a feedback receive not complete at the first look gets the time
+        of that look as its ``t_wait`` (``Handle.waiting``), as ``Handle.wait`` would give it."""
         pending, received, stopped = dict(fbs), [], []
-        t0, nap = time.monotonic(), 20e-6
+        t0, nap, first = time.monotonic(), 20e-6, True
         while pending:
             progressed = False
             for n in list(pending):
@@ -76,6 +78,10 @@ class ServerLinks:
                     pending.pop(n).cancel()
                     stopped.append(n)
                     progressed = True
+            if first:
+                first, now = False, self.comm.clock()
+                for h in pending.values():
+                    h.waiting(now)
             if progressed:
                 nap = 20e-6
                 continue

@@ -220,17 +220,21 @@ def test_a_receive_done_before_its_send_was_posted_gets_no_arrow(tmp_path):
 
 def test_step_window(tmp_path):
     run = analysis.load(ring(tmp_path))
-    # events per step: steps 0-3: 6 rows x 3 + 3 flows x 2 + 3 metrics = 27; step 4: 9 x 3 + 3
-    per = {s: 27 for s in range(4)} | {4: 30}
+    # events per step: steps 0-3: 6 rows x 3 + 3 sends' posting slices + 3 flows x 2 + 3
+    # metrics = 30; step 4: 9 x 3 + 3
+    per = {s: 30 for s in range(4)} | {4: 30}
     assert analysis.choose_steps(run) == (0, 4)
     assert analysis.choose_steps(run, max_events=sum(per.values())) == (0, 4)
-    assert analysis.choose_steps(run, max_events=27 * 3) == (1, 3)  # around the middle (2)
-    assert analysis.choose_steps(run, max_events=27 * 2) == (2, 3)  # right first
+    assert analysis.choose_steps(run, max_events=sum(per.values()) - 1) == (1, 4)
+    assert analysis.choose_steps(run, max_events=30 * 3) == (1, 3)  # around the middle (2)
+    assert analysis.choose_steps(run, max_events=30 * 2) == (2, 3)  # right first
     assert analysis.choose_steps(run, max_events=1) == (2, 2)       # at least one step
     assert analysis.choose_steps(run, (3, 10), max_events=0) == (3, 4)
     obj = analysis.chrome_trace(run, (1, 2))
     xs = [e for e in obj["traceEvents"] if e["ph"] == "X"]
-    assert len(xs) == 12 and {e["args"]["step"] for e in xs} == {1, 2}
+    # 12 rows' slices, and the 6 sends' posting slices (where their flows start)
+    assert len(xs) == 18 and {e["args"]["step"] for e in xs} == {1, 2}
+    assert sum(e["cat"] == "post" for e in xs) == 6
     assert obj["otherData"]["steps"] == [1, 2] and obj["otherData"]["flows"] == 6
     counters = [e for e in obj["traceEvents"] if e["ph"] == "C" and e["name"] == "loss"]
     assert len(counters) == 6

@@ -34,6 +34,7 @@ def rows(n, start=0):
     i = np.arange(start, start + n)
     r["step"], r["op"], r["peer"], r["tag"], r["channel"] = i, b"send", 1, 7, b"params"
     r["nbytes"], r["t_post"], r["t_done"] = 8 * i, i / 1000, i / 1000 + 0.5
+    r["t_wait"] = np.nan  # never blocked on (the writer's default)
     return r
 
 
@@ -65,7 +66,7 @@ def test_written_in_the_hdf5_1_10_format(fresh):
         head = f.read(9)
     assert head[:8] == b"\x89HDF\r\n\x1a\n" and head[8] == 3  # superblock version 3 (HDF5 1.10)
     with h5py.File(fresh, "r") as f:
-        assert f.attrs["format_version"] == trace.FORMAT_VERSION == 2
+        assert f.attrs["format_version"] == trace.FORMAT_VERSION == 3
         assert f["comm"].fletcher32 and f["metrics"].fletcher32
 
 
@@ -103,15 +104,19 @@ def test_an_older_h5py_reads_a_fresh_trace(fresh):
 def test_version_1_files_still_read_and_unknown_versions_are_refused(tmp_path):
     """A file as mpidist wrote it before (libver "latest", format_version 1) reads as before."""
     old = str(tmp_path / "rank0.h5")
+    v1 = np.zeros(5, trace.COMM_DTYPE_V2)  # the rows of format versions 1 and 2: no t_wait
+    for name in v1.dtype.names:
+        v1[name] = rows(5)[name]
     with h5py.File(old, "w", libver="latest") as f:
         f.attrs["format"] = np.array(b"mpidist-trace", dtype=h5py.string_dtype("utf-8", 13))
         f.attrs["format_version"] = 1
         f.attrs["rank"] = 0
-        f.create_dataset("comm", data=rows(5), maxshape=(None,), chunks=(4096,),
+        f.create_dataset("comm", data=v1, maxshape=(None,), chunks=(4096,),
                          fletcher32=True)
         f.create_dataset("metrics", shape=(0,), maxshape=(None,), chunks=(1024,),
                          dtype=trace.METRIC_DTYPE, fletcher32=True)
-    assert read_rank(old).comm.tobytes() == rows(5).tobytes()
+    assert read_rank(old).comm.tobytes() == rows(5).tobytes()  # t_wait: NaN, filled in
+    assert not read_rank(old).records_wait
     with h5py.File(old, "a") as f:
         f.attrs["format_version"] = 99
     with pytest.raises(TraceError, match=r"format_version 99, which this reader does not know"):
