@@ -175,8 +175,8 @@ class Communicator:
         elif snapshot or trailer:  # one memcpy, no torch op on the hot path
             block = self.pool.get(nbytes + trailer)
             ctypes.memmove(block.ptr, tensor.data_ptr(), nbytes)
-        if trailer:  # arrival on MPI's clock, which all ranks of a node share
-            _TRAILER.pack_into(block.tensor.numpy(), nbytes, arrive + MPI.Wtime() - self.clock())
+        if trailer:  # arrival on the run's clock, rank 0's on every rank (mpidist.clock)
+            _TRAILER.pack_into(block.tensor.numpy(), nbytes, arrive)
         if block is None:
             buf = _mpi_buffer(tensor)
         elif block.tensor.is_cuda:
@@ -329,7 +329,7 @@ def _finish_staged_recv(out: torch.Tensor, block: Block, nbytes: int, trailer: i
     def finish(h):
         if trailer:
             (arrive,) = _TRAILER.unpack_from(block.tensor.numpy(), nbytes)
-            h.t_ready = arrive - MPI.Wtime() + h.comm.clock()
+            h.t_ready = arrive
         if not nbytes:
             return
         if out.is_cuda:

@@ -17,11 +17,14 @@ class LinkModel:
 
     A rank's outgoing messages share one link: message i starts when the link is free,
     ``start_i = max(t_post_i, free)``, leaves at ``start_i + n_i / B`` and arrives at
-    ``start_i + L + n_i / B``. A send completes when it has left, a receive when it has arrived (the
-    sender's arrival time travels in an 8-byte trailer, on MPI_Wtime's clock, which the ranks of one
-    node share: the model is for single-node emulation). An allreduce of n bytes over p ranks costs
-    the ring algorithm's ``2 (p-1) L + 2 (p-1)/p n / B`` after MPI completes it, a broadcast
-    ``ceil(log2 p) (L + n / B)``.
+    ``start_i + L + n_i / B``. A send completes when it has left, a receive when it has arrived.
+    The sender's arrival time travels in an 8-byte trailer, on the run's clock, which
+    :mod:`mpidist.clock` puts on rank 0's clock on every rank, on one node or many: the emulated
+    delay means the same across nodes, within the start clock estimate's uncertainty (microseconds)
+    plus the drift since the start (parts per million of the elapsed time); a
+    :class:`mpidist.comm.Communicator` made by hand needs a clock its ranks share. An allreduce of
+    n bytes over p ranks costs the ring algorithm's ``2 (p-1) L + 2 (p-1)/p n / B`` after MPI
+    completes it, a broadcast ``ceil(log2 p) (L + n / B)``.
     """
     latency: float = 0.0     # seconds per message
     bandwidth: float = 0.0   # bytes per second; 0 = infinite

@@ -86,6 +86,7 @@ class Run:
         self.stopped = False
         self.agreed_signal = 0       # the stop signal the ranks agreed on (loop.Loop.agree)
         self.ckpt_root = os.path.join(run_dir, "checkpoints")
+        self.run_clock = None        # mpidist.clock.RunClock: its end estimate goes in the trace
 
     # ------------------------------------------------------------------ reporting
     def metric(self, step: int, name: str, value: float) -> None:
@@ -288,6 +289,8 @@ class Run:
                 self.diverged_everywhere()     # a non-finite loss after the last agreement
             except Diverged as e:
                 exc_type, exc = Diverged, e
+        if self.run_clock is not None and (exc_type is None or issubclass(exc_type, AgreedEnd)):
+            self.run_clock.finish(self.trace)   # collective: every rank ends here alike
         if exc_type is not None and issubclass(exc_type, AgreedEnd):
             self._usage_comm.Free()
             self.trace.close(status=str(exc)[:200])

@@ -1,6 +1,6 @@
 """What :func:`mpidist.runtime.start` does, in order: parse and check the arguments, verify and
-load a checkpoint to resume, choose and own the run directory, agree on the clock, open the trace,
-build the Communicator, seed, and hand a :class:`mpidist.runtime.Run` to the algorithm (see
+load a checkpoint to resume, choose and own the run directory, align the clocks
+(:mod:`mpidist.clock`), open the trace, build the Communicator, seed, and hand a :class:`mpidist.runtime.Run` to the algorithm (see
 :mod:`mpidist.runtime` for what it guarantees)."""
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from mpi4py import MPI
 
 from . import checkpoint, lastwords, rundir, signals
 from .checkpoint import resume_mismatch
+from .clock import RunClock
 from .cli import ArgumentParser
 from .comm import Communicator, LinkModel, cuda_aware_mpi
 from .errors import UsageError
@@ -75,6 +76,10 @@ def start(algorithm: str, p: ArgumentParser, argv=None, check=None,
     # start-up agreements (resume, run directory, clock) go through an untraced communicator
     # without the emulated link; the run's Communicator is made complete once the trace exists
     setup = Communicator(world, None, None, None, args.comm_timeout, False)
+    try:  # the run's clock (mpidist.clock), on a communicator of its own
+        run_clock = RunClock(world, rank, args.comm_timeout)
+    except ValueError as e:  # a bad MPIDIST_TEST_CLOCK_SKEW (tests only)
+        _usage_exit(algorithm, rank, str(e))
 
     # --resume: the checkpoint every rank continues from (each reads its own file). Every rank
     # first verifies its file against the manifest's size and SHA-256; only when all agree does
@@ -115,23 +120,24 @@ def start(algorithm: str, p: ArgumentParser, argv=None, check=None,
         _usage_exit(algorithm, rank, err)
     lastwords.watch(rank, run_id)   # a line that names this rank if it dies without a word
 
-    # t = 0 of every rank's clock: rank 0's MPI_Wtime when all ranks share one node (one clock),
-    # else each rank's own, taken just after a barrier; a resumed run continues the saved clock
+    # t = 0 of every rank's clock: rank 0's clock just after a barrier, moved onto each rank's own
+    # clock by the estimate of its offset to rank 0 (mpidist.clock: ping-pongs, or none when
+    # MPI_WTIME_IS_GLOBAL), so that every trace is on rank 0's clock, on one node or many; a
+    # resumed run continues rank 0's saved clock
+    saved = resumed["t"] if resumed is not None else 0.0
     setup.barrier()
-    t0 = MPI.Wtime()
-    if node_size == size:
-        t0 = setup.bcast_object(t0)
-    if resumed is not None:
-        t0 -= resumed["t"]
+    clock = run_clock.start(lambda t: setup.bcast_object((t, saved)))
     t0_wall = time.time()
-    clock = lambda: MPI.Wtime() - t0  # noqa: E731
     cuda_aware = cuda_aware_mpi() if device.type == "cuda" else False
     path = "cpu" if device.type == "cpu" else ("cuda-aware" if cuda_aware else "staged")
     attrs = {"algorithm": algorithm, "run_id": run_id, "rank": rank, "world_size": size,
              "local_rank": local,
              "args": vars(args), "versions": versions(), "cuda_aware": bool(cuda_aware),
              "comm_path": path, "device": str(device), "start_time": t0_wall,
-             "hostname": socket.gethostname(), "threads": threads, "status": "running"}
+             "hostname": socket.gethostname(), "threads": threads, "status": "running",
+             "node_size": node_size, **run_clock.attrs()}
+    if os.environ.get("SLURMD_NODENAME"):  # SLURM's name of the node (several may share a host)
+        attrs["slurm_node"] = os.environ["SLURMD_NODENAME"]
     try:
         trace = TraceWriter(rank_path(run_dir, rank), json.loads(json.dumps(attrs, default=str)),
                             clock, args.flush_seconds,
@@ -157,6 +163,7 @@ def start(algorithm: str, p: ArgumentParser, argv=None, check=None,
     run = Run(algorithm, args, comm, trace, run_dir, device, local, log, t0_wall)
     run.created_dir = rank == 0 and created
     run.quiet = setup
+    run.run_clock = run_clock  # its end estimate: Run.__exit__
     if resumed is not None:
         run.set_rng_state(resumed["rng"])
         run.start_step = resumed["step"] + 1

@@ -19,17 +19,25 @@ from dataclasses import dataclass, field
 import h5py
 import numpy as np
 
-from .trace_format import FORMAT, FORMAT_VERSION, ROW_DTYPES, TraceError
+from . import clock
+from .trace_format import COMM_DTYPE, FORMAT, FORMAT_VERSION, ROW_DTYPES, WAIT_VERSION, TraceError
 
 
 @dataclass
 class RankTrace:
     """One rank's file, loaded: ``attrs`` (dict, JSON attributes decoded), ``comm`` and ``metrics``
-    (numpy structured arrays with the fields of COMM_DTYPE and METRIC_DTYPE)."""
+    (numpy structured arrays with the fields of COMM_DTYPE and METRIC_DTYPE, whatever the file's
+    format version: rows of files older than version 3 get ``t_wait`` = NaN)."""
     path: str
     attrs: dict
     comm: np.ndarray
     metrics: np.ndarray
+
+    @property
+    def records_wait(self) -> bool:
+        """Whether the file records ``t_wait`` (format version 3 and later): if not, its NaNs
+        mean "not recorded", not "never blocked"."""
+        return int(self.attrs.get("format_version", 1)) >= WAIT_VERSION
 
     @property
     def rank(self) -> int:
@@ -178,9 +186,20 @@ def _read_open(path: str, f, first) -> tuple:
                          f"does not know (it reads {', '.join(map(str, ROW_DTYPES))}; written by "
                          "a newer mpidist?)")
     comm_dtype, metric_dtype = ROW_DTYPES[version]
-    comm = _rows(path, f, "comm", comm_dtype, size, attrs)
+    comm = _current(_rows(path, f, "comm", comm_dtype, size, attrs))
     metrics = _rows(path, f, "metrics", metric_dtype, size, attrs)
     return attrs, comm, metrics
+
+
+def _current(comm: np.ndarray) -> np.ndarray:
+    """Rows of an older format's /comm with the fields of COMM_DTYPE (``t_wait`` NaN)."""
+    if comm.dtype.names == COMM_DTYPE.names:
+        return comm
+    out = np.zeros(len(comm), COMM_DTYPE)
+    out["t_wait"] = np.nan
+    for name in comm.dtype.names:
+        out[name] = comm[name]
+    return out
 
 
 def _read_once(path: str, seen: list) -> RankTrace:
@@ -204,6 +223,7 @@ def _read_once(path: str, seen: list) -> RankTrace:
                          f"{msg})") from None
     _check_attrs(path, attrs)
     _check_rows(path, comm, metrics)
+    clock.align_rows(attrs, comm, metrics)  # rank 0's clock: the drift since the start removed
     return RankTrace(path, attrs, comm, metrics)
 
 
@@ -262,12 +282,14 @@ def _check_rows(path: str, comm: np.ndarray, metrics: np.ndarray) -> None:
     are MPI's ANY_SOURCE and PROC_NULL), a tag below -1 (MPI's tags are >= 0, ANY_TAG is -1), a
     negative byte count, a time that is not finite. Fletcher32 cannot tell a 16-bit word 0xFFFF
     from 0x0000, so bytes zeroed over a -1 can pass it: these checks catch those that leave a
-    value below -2 (half of a -1 zeroed), and some damage to files written without checksums."""
+    value below -2 (half of a -1 zeroed), and some damage to files written without checksums.
+    (``t_wait`` may be NaN: the rank never blocked on that operation.)"""
     checks = (("comm", comm, "peer", comm["peer"] < -2, "a rank or -1"),
               ("comm", comm, "tag", comm["tag"] < -1, "a tag or -1"),
               ("comm", comm, "nbytes", comm["nbytes"] < 0, "a byte count"),
               ("comm", comm, "t_post", ~np.isfinite(comm["t_post"]), "seconds"),
               ("comm", comm, "t_done", ~np.isfinite(comm["t_done"]), "seconds"),
+              ("comm", comm, "t_wait", np.isinf(comm["t_wait"]), "seconds or NaN"),
               ("metrics", metrics, "t", ~np.isfinite(metrics["t"]), "seconds"))
     for name, rows, column, bad, what in checks:
         if bad.any():
@@ -291,6 +313,9 @@ def _check_attrs(path: str, attrs: dict) -> None:
     for k in ("dropped_comm_rows", "dropped_metric_rows"):
         if k in attrs and (not integer(k) or attrs[k] < 0):
             problems.append(f"{k} = {attrs[k]!r}")
+    bad_clock = clock.check_attrs(attrs)
+    if bad_clock:
+        problems.append(bad_clock)
     for k in ("start_time", "end_time"):
         v = attrs.get(k, 0.0)
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not np.isfinite(v):
