@@ -20,7 +20,8 @@ feedback that updates G; every E epochs the workers swap discriminators peer to 
 # what a --resume may change besides the run flags: when to stop, how G is scored, where the
 # data files are; everything else (mode, k, b, L, E, Adam, networks, losses, T, data, seed) stays
 RESUME_MAY_CHANGE = frozenset({"steps", "eval_every", "score_samples", "scorer_cache",
-                               "inception_weights", "data_root", "download"})
+                               "inception_weights", "data_root", "download", "slow_worker"})
+MDGAN_MODES = ("mdgan", "mdgan-async")
 
 
 class _AsTyped(argparse.Action):
@@ -71,6 +72,19 @@ def arch(s: str) -> str:
     return s
 
 
+def slow_worker(s: str) -> tuple[int, float]:
+    """``--slow-worker RANK:SECONDS``: (worker rank >= 1, seconds >= 0)."""
+    rank, sep, secs = s.partition(":")
+    try:
+        r, t = int(rank), float(secs)
+    except ValueError:
+        r, t = 0, -1.0
+    if not sep or r < 1 or not t >= 0 or t == float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"expected RANK:SECONDS (a worker rank >= 1 and seconds >= 0), got '{s}'")
+    return r, t
+
+
 def spec(s: str) -> str:
     """``MODULE:FUNCTION`` of ``--generator`` / ``--discriminator``."""
     if ":" not in s or s.startswith(":") or s.endswith(":"):
@@ -86,8 +100,11 @@ def build_parser() -> cli.ArgumentParser:
     _reword(p, "eval_every", cli.positive_int,
             help="score G every this many iterations (default I / 20; always at the end)")
     _reword(p, "epochs", help=argparse.SUPPRESS)  # MD-GAN counts iterations: refused by check
-    g.add_argument("--mode", choices=["mdgan", "flgan", "standalone"], default="mdgan",
-                   help="mdgan: Algorithm 1; flgan: every worker trains its own G and D for E "
+    g.add_argument("--mode", choices=["mdgan", "mdgan-async", "flgan", "standalone"],
+                   default="mdgan",
+                   help="mdgan: Algorithm 1; mdgan-async: the asynchronous server of Section "
+                        "VII (each F_n applied as it arrives, -I counts generator updates); "
+                        "flgan: every worker trains its own G and D for E "
                         "local epochs and the server averages both each round (Section III-c); "
                         "standalone: one GAN in one process on all the data (default mdgan)")
     g.add_argument("-k", type=parse_k, default=1, metavar="K|log2",
@@ -142,6 +159,12 @@ def build_parser() -> cli.ArgumentParser:
                    default=None, metavar="T",
                    help="Figure 3: one worker stops for good every T iterations (fail-stop with "
                         "a notice to the server); without T, T = I / N (mdgan mode)")
+    g.add_argument("--async-lr", choices=["staleness", "workers", "constant"], default=None,
+                   help="mdgan-async: the Adam step of an update uses lr_g / max(1, staleness) "
+                        "(default, staleness-aware async SGD), lr_g / N, or lr_g")
+    g.add_argument("--slow-worker", type=slow_worker, default=None, metavar="RANK:SECONDS",
+                   help="experiment aid (mdgan, mdgan-async): worker RANK sleeps SECONDS per "
+                        "iteration after training its D (an emulated slow worker)")
     s = p.add_argument_group("scores (rank 0; nothing is downloaded)")
     s.add_argument("--score-samples", type=cli.positive_int, default=500,
                    help="generated samples per score, and real test images for the FID "
@@ -171,8 +194,18 @@ def check_world(args, world: int) -> str | None:
     n = world - 1 if args.mode != "standalone" else 1
     if args.mode != "standalone" and args.k != "log2" and args.k > n:
         return f"-k {args.k}: the server draws at most N = {n} batches (k <= N)"
-    if args.crash_every is not None and args.mode != "mdgan":
-        return "--crash-every is an MD-GAN experiment (Figure 3); use it with --mode mdgan"
+    if args.crash_every is not None and args.mode not in MDGAN_MODES:
+        return ("--crash-every is an MD-GAN experiment (Figure 3); use it with --mode mdgan or "
+                "mdgan-async")
+    if args.slow_worker is not None:
+        if args.mode not in MDGAN_MODES:
+            return ("--slow-worker slows one MD-GAN worker; use it with --mode mdgan or "
+                    "mdgan-async")
+        if args.slow_worker[0] > n:
+            return (f"--slow-worker {args.slow_worker[0]}:{args.slow_worker[1]:g}: rank "
+                    f"{args.slow_worker[0]} is not a worker (workers are ranks 1..{n})")
+    if args.async_lr is not None and args.mode != "mdgan-async":
+        return "--async-lr is the learning-rate rule of --mode mdgan-async"
     for net in ("generator", "discriminator"):
         if getattr(args, f"{net}_arg") and not getattr(args, net):
             return f"--{net}-arg is for your own --{net} MODULE:FUNCTION (none was given)"
@@ -182,7 +215,7 @@ def check_world(args, world: int) -> str | None:
     if args.inception_weights and not os.path.isfile(args.inception_weights):
         return (f"--inception-weights {args.inception_weights}: no such file (torchvision's "
                 "inception_v3 state dict, e.g. inception_v3_google-0cc3c7bd.pth)")
-    args.k = batches_per_iteration(args.k, n) if args.mode == "mdgan" else 1
+    args.k = batches_per_iteration(args.k, n) if args.mode in MDGAN_MODES else 1
     if args.crash_every is not None:
         args.crash_every = crash_period(args.crash_every, args.steps, n)
     return None

@@ -32,7 +32,8 @@ class Config:
     def __init__(self, *, train, N: int, k, b: int, L: int = 1, E: int = 1, lr_g: float = 1e-3,
                  lr_d: float = 1e-3, beta1: float = 0.5, beta2: float = 0.999,
                  num_classes: int = 0, latent: int = 64, saturating: bool = False, seed: int = 0,
-                 crashes=(), device="cpu", comm_timeout: float = 300.0, scaled: bool = False):
+                 crashes=(), device="cpu", comm_timeout: float = 300.0, scaled: bool = False,
+                 slow: dict | None = None, async_lr: str = "staleness"):
         if len(train) < N:
             raise UsageError(f"{train.name}: {len(train)} training samples cannot be split over "
                              f"N = {N} workers")
@@ -49,6 +50,8 @@ class Config:
                              f"{N} data shares ({train.name})")
         self.per_swap = self.E * iterations_per_epoch(self.m, self.b)
         self.crashes = list(crashes)
+        self.slow = dict(slow or {})   # --slow-worker: {worker rank: seconds of sleep per iteration}
+        self.async_lr = async_lr       # --async-lr (mdgan-async): the learning-rate rule
 
     def adam(self, module, lr):
         return torch.optim.Adam(module.parameters(), lr=lr, betas=(self.beta1, self.beta2))
@@ -176,12 +179,14 @@ class Setup(Config):
         if a.crash_every is not None:  # T, resolved by cli.check_world
             crashes = crash_schedule(N, a.steps, a.crash_every, a.seed)
         super().__init__(
-            train=train, N=N, k=a.k if a.mode == "mdgan" else 1, b=a.batch_size, L=a.L, E=a.E,
+            train=train, N=N, k=a.k if a.mode != "flgan" else 1, b=a.batch_size, L=a.L, E=a.E,
             lr_g=a.lr_g, lr_d=a.lr_d, beta1=a.beta1, beta2=a.beta2,
             num_classes=train.num_classes if a.gan == "acgan" else 0,
             latent=a.latent or arch_latent, saturating=a.gen_loss == "saturating", seed=a.seed,
             crashes=crashes, device=run.device, comm_timeout=a.comm_timeout,
-            scaled=not user.is_spec(a.data))
+            scaled=not user.is_spec(a.data),
+            slow=dict([a.slow_worker]) if getattr(a, "slow_worker", None) else None,
+            async_lr=getattr(a, "async_lr", None) or "staleness")
         self.steps = a.steps
         self.round_ends = flgan_round_ends(a.steps, self.per_swap)  # FL-GAN's rounds
         self.score_every = a.eval_every or max(1, a.steps // 20)

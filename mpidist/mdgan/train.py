@@ -18,8 +18,9 @@ import time
 from .. import checkpoint
 from ..errors import UsageError
 from ..loop import Loop
+from .asynchronous import AsyncServer, AsyncWorker, run_server, run_worker
 from .context import Setup, params_sha256
-from .exchange import NO_DEADLINE
+from .exchange import NO_DEADLINE, share_initial_theta
 from .scoring import Scoring
 from .server import FLGANServer
 from .worker import FLGANWorker, LocalGAN
@@ -111,6 +112,7 @@ def mdgan_worker(setup: Setup, run, G=None, D=None) -> dict:
     and idles: it waits for the job's agreements without a deadline. Returns its D_n."""
     if setup.user_nets:
         md = MDGAN(run, G, D, setup.gan_train(), **setup.api_keywords())
+        md.role.slow = setup.slow.get(run.rank, 0.0)  # --slow-worker is not an API keyword
     else:
         md = MDGAN.from_config(run, setup)
     _restore(run, md.load_state_dict)
@@ -120,6 +122,44 @@ def mdgan_worker(setup: Setup, run, G=None, D=None) -> dict:
         if loop.end_step(i):
             break
     return {"discriminator": md.discriminator}
+
+
+def mdgan_async_server(setup: Setup, run, G, scoring: Scoring, D=None) -> dict:
+    """The asynchronous server of Section VII (:mod:`mpidist.mdgan.asynchronous`): its loop over
+    generator updates 1..I, meeting the workers every N E m / b updates. Returns G."""
+    a = setup.args
+    srv = AsyncServer(setup, run, G)
+    run.say(f"MD-GAN asynchronous: server + N = {setup.N} workers, b = {setup.b}, L = {a.L}, "
+            f"E = {a.E}, I = {setup.steps} generator updates (one per F_n), learning rate "
+            f"rule {setup.async_lr}, {a.gan} on {setup.train.name} {setup.shape} "
+            f"({setup.m} samples per worker; meetings and swaps every {srv.period} updates)",
+            setup.describe(G, D if D is not None else setup.models()[1]),
+            f"scores: {scoring.what}")
+    if setup.crashes:
+        run.say("crash schedule (step: worker rank): "
+                + ", ".join(f"{t}: {w}" for t, w in setup.crashes))
+    if setup.slow:
+        run.say("slow worker (rank: seconds per iteration): "
+                + ", ".join(f"{r}: {t:g}" for r, t in setup.slow.items()))
+    _restore(run, lambda s: (srv.load_state_dict(s["server"]), _history(scoring, s)))
+    loop = _loop(run, setup, lambda: {"server": srv.state_dict(),
+                                      "history": list(scoring.history)}, meet_every=0)
+    run_server(setup, run, srv, loop, scoring, _shown)
+    srv.finish()
+    return {"generator": G}
+
+
+def mdgan_async_worker(setup: Setup, run, D=None) -> dict:
+    """An asynchronous worker: its own loop of the server's commands until END. Returns the D_n
+    it holds."""
+    w = AsyncWorker(setup, run, D)
+    if setup.user_nets and run.resumed_state is None:
+        share_initial_theta(run.comm, w.fpD.params, setup.N)
+    _restore(run, lambda s: w.load_state_dict(s["worker"]))
+    loop = _loop(run, setup, lambda: {"worker": w.state_dict()}, meet_every=0)
+    run_worker(run, w, loop)
+    run.trace.set_attrs(iterations=w.iterations)
+    return {"discriminator": w.D}
 
 
 def flgan_server(setup: Setup, run, G, scoring: Scoring) -> dict:
@@ -200,7 +240,7 @@ def train(run) -> None:
     setup = Setup(run)
     run.trace.set_attrs(task=setup.task())
     fresh = run.resumed_state is None
-    user_mdgan = setup.user_nets and a.mode == "mdgan"
+    user_mdgan = setup.user_nets and a.mode in ("mdgan", "mdgan-async")
     G = D = None
     if user_mdgan:  # every rank builds G then D, as a user's script on the API does
         G, D = setup.models()
@@ -220,10 +260,14 @@ def train(run) -> None:
     elif run.rank == 0:
         if a.mode == "mdgan":
             result = mdgan_server(setup, run, G, scoring, D)
+        elif a.mode == "mdgan-async":
+            result = mdgan_async_server(setup, run, G, scoring, D)
         else:
             result = flgan_server(setup, run, G, scoring)
     elif a.mode == "mdgan":
         result = mdgan_worker(setup, run, G, D)
+    elif a.mode == "mdgan-async":
+        result = mdgan_async_worker(setup, run, D)
     else:
         result = flgan_worker(setup, run)
     digest = params_sha256(*result.values())
@@ -231,17 +275,18 @@ def train(run) -> None:
     if not run.stopped:  # a completed run: every rank's networks
         saved = [run.save_model(module, name) for name, module in result.items()]
     if run.rank == 0 and not run.stopped:
+        md = a.mode in ("mdgan", "mdgan-async")
         samples = scoring.save_samples(run.run_dir)
         live = scoring.history[-1][3] if scoring.history else -1
         since = "" if fresh else "since the resume, "
         run.say(*scoring.summary(f"{a.mode}: scores of G over iterations "
                                  f"({since}wall {time.monotonic() - t0:.1f} s)"),
                 *([f"live workers at the end: {live} of {setup.N}"]
-                  if a.mode == "mdgan" else []),
-                f"final parameters ({'w' if a.mode == 'mdgan' else 'w and theta'}): "
+                  if md else []),
+                f"final parameters ({'w' if md else 'w and theta'}): "
                 f"sha256 {digest[:16]}",
                 f"networks: {', '.join(saved)}" + (" (and every worker's D_n under "
-                                                     "discriminator/)" if a.mode == "mdgan"
+                                                     "discriminator/)" if md
                                                      else " (and every worker's)"
                                                      if a.mode == "flgan" else ""),
                 f"samples: {samples}")

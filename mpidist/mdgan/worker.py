@@ -2,6 +2,8 @@
 and the classical local GAN that FL-GAN's workers and the standalone baseline train."""
 from __future__ import annotations
 
+import time
+
 import torch
 
 from ..comm import FlatParams
@@ -33,6 +35,7 @@ class MDGANWorker:
         self.crash_at = {w: t for t, w in setup.crashes}.get(n)
         self.stopped = False  # set by the emulated crash
         self.loss_d = self.loss_g = float("nan")
+        self.slow = setup.slow.get(n, 0.0)  # --slow-worker: seconds of sleep per iteration
 
     def state_dict(self) -> dict:
         """The worker's part of a checkpoint (at the end of an iteration, after any swap): the
@@ -65,21 +68,30 @@ class MDGANWorker:
             return False
         y_g = fake_labels(seed, i, self.g_idx, b, nc).to(s.device) if nc else None
         y_d = fake_labels(seed, i, self.d_idx, b, nc).to(s.device) if nc else None
-        for _ in range(s.L):                                        # L x DISCLEARNINGSTEP
-            loss_d = disc_loss(self.D, x_r, y_r if nc else None, links.x_d, y_d)
-            self.fpD.zero_grad()
-            loss_d.backward()
-            self.opt.step()
+        self.train_d(x_r, y_r, y_d)
         hg.wait()
         fb, loss_g = error_feedback(self.D, links.x_g, y_g, s.saturating)   # F_n
         h = links.send_feedback(fb)                                         # SEND(C, F_n)
-        self.loss_d, self.loss_g = float(loss_d.detach()), loss_g
+        self.loss_g = loss_g
         run.metric(i, "loss_d", self.loss_d)
         run.metric(i, "loss_g", loss_g)
         if i % s.per_swap == 0:
             self.swap(i)
         h.wait()
         return True
+
+    def train_d(self, x_r, y_r, y_d) -> None:
+        """L x DISCLEARNINGSTEP on J_disc(X_n^(r), X_n^(d)) (``loss_d`` its last value); then,
+        for ``--slow-worker`` on this rank, the emulated extra compute time (a sleep)."""
+        s, nc = self.setup, self.setup.num_classes
+        for _ in range(s.L):
+            loss_d = disc_loss(self.D, x_r, y_r if nc else None, self.links.x_d, y_d)
+            self.fpD.zero_grad()
+            loss_d.backward()
+            self.opt.step()
+        self.loss_d = float(loss_d.detach())
+        if self.slow:
+            time.sleep(self.slow)
 
     def swap(self, i: int) -> None:
         """SWAP(D_n): send theta_n to the worker the shared permutation names, receive one; with
