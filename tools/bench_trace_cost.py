@@ -1,15 +1,17 @@
 """What tracing costs: each algorithm's default run with tracing on and with ``--no-trace``.
 
     python tools/bench_trace_cost.py                       # every algorithm, its default ranks
-    python tools/bench_trace_cost.py --algorithms dpsgd,dada --steps 200 --repeats 3
+    python tools/bench_trace_cost.py --algorithms dpsgd,dada --steps 200 --repeats 7
 
 Not an MPI program itself: it launches ``mpiexec -n <ranks> python -m mpidist.<name> --steps T``
-(the algorithm's default run, cut to T steps), alternately with tracing on and off, ``--repeats``
-times each, every run in its own temporary directory. The time per step is read from rank 0's
-trace: (t of the last metric row - t of the first) / (their step difference), so start-up (imports,
-data, model) is left out and the two kinds of run are timed alike (``--no-trace`` still writes
-metrics). It prints per algorithm the median seconds per step on and off, their ratio and whether
-the goal (on / off <= 1.02, issue 15) holds, plus the trace rows per step of the busiest rank, the
+(the algorithm's default run, cut to T steps), ``--repeats N`` pairs of runs, one with tracing on
+and one with ``--no-trace``, interleaved (on-off, off-on, on-off, ...), every run in its own
+temporary directory. The time per step is read from rank 0's metric rows (the first row of each
+step, from the second step to the last but one, :func:`seconds_per_step`), so start-up (imports,
+data, model) and the end are left out and the two kinds of run are timed alike (``--no-trace``
+still writes metrics). It prints per algorithm the median seconds per step on and off, the on/off
+ratio of each pair and their median and spread (min, max, interquartile range), whether the goal
+(median on / off <= 1.02, issue 15) holds, plus the trace rows per step of the busiest rank, the
 ratio those rows cost by construction (rows per step x the cost of one row, measured here first
 with a real TraceWriter, over the step time; a figure that scheduling noise does not blur, unlike
 the measured ratio on a busy machine), and rank 0's bytes per step.
@@ -39,26 +41,69 @@ def mpiexec() -> str:
     return exe if os.path.exists(exe) else (shutil.which("mpiexec") or "mpiexec")
 
 
+PCASGD_DEFAULT_AGENTS = (5, 8, 20)   # the paper's networks: PC-ASGD has default clusters for these
+
+
+def pcasgd_clusters(n: int, size: int = 4) -> str:
+    """``--clusters`` for n agents: clusters of ``size`` consecutive ranks, the last one smaller."""
+    sizes = [size] * (n // size) + ([n % size] if n % size else [])
+    return ",".join(map(str, sizes))
+
+
+def needed_args(name: str, ranks: int) -> list[str]:
+    """What ``name``'s default run needs at ``ranks`` ranks: PC-ASGD's clusters where the paper has
+    no network of that size."""
+    if name == "pcasgd" and ranks not in PCASGD_DEFAULT_AGENTS:
+        return ["--clusters", pcasgd_clusters(ranks)]
+    return []
+
+
+def launch(name: str, ranks: int, steps: int, trace: bool, where: str, extra: list[str],
+           timeout: float) -> str:
+    """``mpiexec -n ranks python -m mpidist.<name> --steps T --quiet`` into a fresh run directory
+    under ``where`` (``--no-trace`` unless ``trace``); returns the directory. A failed launch ends
+    the benchmark with its command and the end of its output."""
+    d = os.path.join(where, f"{name}-{ranks}-{'on' if trace else 'off'}-{time.monotonic_ns()}")
+    cmd = [mpiexec(), "-n", str(ranks), sys.executable, "-m", f"mpidist.{name}", "--steps",
+           str(steps), "--trace-dir", d, "--quiet", *needed_args(name, ranks), *extra] + (
+               [] if trace else ["--no-trace"])
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    try:
+        p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
+                           timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise SystemExit(f"bench: {' '.join(cmd)} ran past {timeout:.0f} s") from None
+    if p.returncode:
+        raise SystemExit(f"bench: {' '.join(cmd)} failed (exit {p.returncode}):\n"
+                         f"{(p.stderr or p.stdout)[-2000:]}")
+    return d
+
+
+def seconds_per_step(rank_trace, name: str = "") -> float:
+    """Seconds per step from one rank's metric rows: the time of each step's first metric row,
+    from the second step recorded to the last but one (so neither start-up nor the end's
+    evaluation and saving count), over the steps between. Raises SystemExit with fewer than 4
+    steps recorded."""
+    steps_m, times = rank_trace.metrics["step"], rank_trace.metrics["t"]
+    first = {}
+    for s, t in zip(steps_m.tolist(), times.tolist()):
+        if s not in first or t < first[s]:
+            first[s] = t
+    ks = sorted(first)
+    if len(ks) < 4:
+        raise SystemExit(f"bench: {name} logged metrics at {len(ks)} steps (fewer than 4); give "
+                         "more --steps")
+    a, b = ks[1], ks[-2]
+    return (first[b] - first[a]) / (b - a)
+
+
 def one_run(name: str, ranks: int, steps: int, trace: bool, where: str, extra: list[str],
             timeout: float) -> dict:
     """One launch; seconds per step (from rank 0's metric rows) and, traced, its messages."""
-    d = os.path.join(where, f"{name}-{'on' if trace else 'off'}-{time.monotonic_ns()}")
-    cmd = [mpiexec(), "-n", str(ranks), sys.executable, "-m", f"mpidist.{name}", "--steps",
-           str(steps), "--trace-dir", d, "--quiet", *extra] + ([] if trace else ["--no-trace"])
-    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    if p.returncode:
-        raise SystemExit(f"bench_trace_cost: {' '.join(cmd)} failed (exit {p.returncode}):\n"
-                         f"{(p.stderr or p.stdout)[-2000:]}")
+    d = launch(name, ranks, steps, trace, where, extra, timeout)
     run = read_run(d)
     t = run.ranks[0]
-    steps_m, times = t.metrics["step"], t.metrics["t"]
-    if len(set(steps_m.tolist())) < 2:
-        raise SystemExit(f"bench_trace_cost: {name} logged metrics at fewer than 2 steps; "
-                         "give more --steps")
-    i, j = int(np.argmin(steps_m)), int(np.argmax(steps_m))
-    per_step = float((times[j] - times[i]) / (steps_m[j] - steps_m[i]))
-    out = {"s_per_step": per_step, "rows": max(len(r.comm) for r in run.ranks)}
+    out = {"s_per_step": seconds_per_step(t, name), "rows": max(len(r.comm) for r in run.ranks)}
     if trace:
         sent = t.comm[(t.comm["op"] == b"send") | (t.comm["peer"] < 0)]
         out["bytes"] = int(sent["nbytes"].sum())
@@ -66,9 +111,19 @@ def one_run(name: str, ranks: int, steps: int, trace: bool, where: str, extra: l
     return out
 
 
+def ratio_stats(on: list[float], off: list[float]) -> dict:
+    """The on/off ratio of each pair of neighbouring runs (run i on against run i off), their
+    median, min, max and interquartile range, and the ratio of the medians."""
+    r = np.asarray(on, float) / np.asarray(off, float)
+    q1, q3 = np.percentile(r, [25, 75])
+    return {"ratios": r.tolist(), "median": float(np.median(r)), "min": float(r.min()),
+            "max": float(r.max()), "iqr": float(q3 - q1),
+            "of_medians": float(np.median(on) / np.median(off))}
+
+
 def row_cost(where: str, rows: int = 200_000) -> float:
     """Seconds one trace row costs a rank: ``TraceWriter.comm`` as the handles call it, with the
-    writer's own flushes to a real file (every 16384 rows and at the end) included."""
+    writer's own flushes to a real file (at its capacity and at the end) included."""
     clock = time.perf_counter
     tw = TraceWriter(os.path.join(where, "rowcost.h5"), {"algorithm": "bench"}, clock)
     args = (3, b"send", 1, 7, b"params", 4096, 0.5, 0.6)
@@ -84,7 +139,9 @@ def main():
     ap.add_argument("--algorithms", default=",".join(ALGORITHMS),
                     help=f"comma-separated (default: all, {','.join(ALGORITHMS)})")
     ap.add_argument("--steps", type=int, default=300, help="steps per run (default 300)")
-    ap.add_argument("--repeats", type=int, default=3, help="runs of each kind (default 3)")
+    ap.add_argument("--repeats", "-N", type=int, default=5,
+                    help="pairs of runs (one on, one off, in turn on-off and off-on) per "
+                         "algorithm (default 5)")
     ap.add_argument("--ranks", type=int, default=0,
                     help="ranks of every run (default: each algorithm's default run's)")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per launch (default 900)")
@@ -94,8 +151,9 @@ def main():
     if unknown:
         ap.error(f"unknown algorithm(s) {', '.join(unknown)} (known: {', '.join(ALGORITHMS)})")
     where = tempfile.mkdtemp(prefix="mpidist-trace-cost-")
-    print(f"bench_trace_cost: {args.steps} steps, {args.repeats} runs each with tracing on and "
-          f"off, alternating; {os.cpu_count()} CPUs", flush=True)
+    print(f"bench_trace_cost: {args.steps} steps, {args.repeats} pairs of runs (tracing on, "
+          f"off) per algorithm, interleaved; {os.cpu_count()} CPUs, load average "
+          f"{os.getloadavg()[0]:.2f}", flush=True)
     rows = []
     cost = row_cost(where)
     print(f"one trace row costs {cost * 1e6:.2f} us (TraceWriter.comm, flushes included)",
@@ -104,28 +162,36 @@ def main():
         for name in names:
             ranks = args.ranks or ALGORITHMS[name].ranks
             on, off = [], []
-            for _ in range(args.repeats):
-                on.append(one_run(name, ranks, args.steps, True, where, extra, args.timeout))
-                off.append(one_run(name, ranks, args.steps, False, where, extra, args.timeout))
-                print(f"  {name}: on {on[-1]['s_per_step'] * 1e3:.3f} ms/step, off "
-                      f"{off[-1]['s_per_step'] * 1e3:.3f} ms/step", flush=True)
+            for i in range(args.repeats):
+                # pairs in turn on-off, off-on (ABBA): a drift of the machine's load in time
+                # weighs on both kinds alike
+                for tr in ((True, False) if i % 2 == 0 else (False, True)):
+                    (on if tr else off).append(
+                        one_run(name, ranks, args.steps, tr, where, extra, args.timeout))
+                print(f"  {name} pair {i + 1}: on {on[-1]['s_per_step'] * 1e3:.3f} ms/step, off "
+                      f"{off[-1]['s_per_step'] * 1e3:.3f} ms/step, on/off "
+                      f"{on[-1]['s_per_step'] / off[-1]['s_per_step']:.3f}", flush=True)
             assert all(r["rows"] == 0 for r in off), "--no-trace runs recorded messages"
-            m_on = float(np.median([r["s_per_step"] for r in on]))
-            m_off = float(np.median([r["s_per_step"] for r in off]))
-            rows.append((name, ranks, m_on, m_off, on[0]["rows"] / args.steps,
-                         on[0]["bytes"] / args.steps))
+            a_on = [r["s_per_step"] for r in on]
+            a_off = [r["s_per_step"] for r in off]
+            rows.append((name, ranks, float(np.median(a_on)), float(np.median(a_off)),
+                         on[0]["rows"] / args.steps, on[0]["bytes"] / args.steps,
+                         ratio_stats(a_on, a_off)))
     finally:
         shutil.rmtree(where, ignore_errors=True)
     print(f"\n{'algorithm':>10} {'ranks':>5} {'on ms/step':>11} {'off ms/step':>12} "
-          f"{'on/off':>7} {'goal <= ' + str(GOAL):>12} {'rows/step':>10} {'rows x cost':>12} "
-          f"{'bytes/step r0':>14}")
-    for name, ranks, a, b, rps, bps in rows:
-        ratio = a / b
-        print(f"{name:>10} {ranks:>5} {a * 1e3:11.3f} {b * 1e3:12.3f} {ratio:7.3f} "
+          f"{'on/off med':>10} {'min':>6} {'max':>6} {'IQR':>6} {'goal <= ' + str(GOAL):>12} "
+          f"{'rows/step':>10} {'rows x cost':>12} {'bytes/step r0':>14}")
+    for name, ranks, a, b, rps, bps, st in rows:
+        ratio = st["median"]
+        print(f"{name:>10} {ranks:>5} {a * 1e3:11.3f} {b * 1e3:12.3f} {ratio:10.3f} "
+              f"{st['min']:6.3f} {st['max']:6.3f} {st['iqr']:6.3f} "
               f"{'HOLDS' if ratio <= GOAL else 'FAILS':>12} {rps:10.1f} "
               f"{1 + rps * cost / b:12.5f} {bps:14.0f}")
-    print("on/off: measured (medians of the runs); rows x cost: 1 + (rows per step of the busiest "
-          "rank) x (one row's cost) / (step time off), what tracing adds by construction")
+    print(f"on/off med: the median over the {args.repeats} pairs of (run on / the neighbouring "
+          "run off), min/max/IQR their spread; on and off ms/step: medians of the runs; "
+          "rows x cost: 1 + (rows per step of the busiest rank) x (one row's cost) / (step time "
+          "off), what tracing adds by construction")
     cores = os.cpu_count() or 1
     if any(r[1] > cores for r in rows):
         print(f"(more ranks than the {cores} CPUs: oversubscribed, times are noisy)")

@@ -44,10 +44,11 @@ def name(strategy, p):
 
 
 def disc_bytes_from_trace(tdir):
-    """Bytes sent on the discriminator channels by all ranks (the run's communication cost)."""
+    """Bytes of the discriminator allreduces of all ranks (D per rank and sync-up: the run's
+    communication cost; with two ranks exactly what each rank sends)."""
     run = trace.read_run(tdir)
     rows = run.comm
-    sel = (rows["op"] == b"send") & np.char.startswith(rows["channel"], b"disc_")
+    sel = (rows["op"] == b"allreduce") & np.char.startswith(rows["channel"], b"disc_")
     return int(rows["nbytes"][sel].sum()), {r.rank: r.metric("target_acc") for r in run.ranks}
 
 

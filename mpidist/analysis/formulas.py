@@ -23,6 +23,11 @@ flat parameters, plus PC-ASGD's one-element step stamp), so the comparison check
   rank and averaging (MPI's ``Iallreduce`` chooses its own algorithm), so the table gives both:
   ``M A / S`` recorded and ``2 (p - 1) / p M A / S`` on the wire of a ring, A averagings in S
   steps (PASGD: ``A = floor(S / tau)``, sync: ``A = S``; AdaComm's tau changes, so A is counted).
+- **DADA** (Distributed Asynchronous Domain Adaptation, S. Gan, A. Mathur, A. Isopoussu,
+  N. Berthouze, N. D. Lane, F. Kawsar): at each sync-up step (``n % p == 0``, n = 1 .. S) one
+  allreduce of the discriminator's payload (G_acc for sync/ga, D's weights for naive/ma/dpsgd):
+  ``M / p`` per step recorded, ``M floor(S / p)`` over the run, whatever the number of ranks;
+  ``2 (n - 1) / n`` of that on the wire of a ring (channels ``disc_grads``/``disc_params``).
 """
 from __future__ import annotations
 
@@ -150,7 +155,30 @@ def _train_steps_adacomm(run: Run, rank: int) -> int:
     return max(run.steps - 1, 0)
 
 
-FORMULAS = {"pcasgd": _pcasgd, "dpsgd": _dpsgd, "adacomm": _adacomm}
+def _dada(run: Run) -> list[dict]:
+    a = run.args
+    name = str(a.get("strategy") or "ga")
+    period = a.get("sync_period")
+    p = int(period) if period else (1 if name in ("sync", "dpsgd") else 2)
+    ch = "disc_grads" if name in ("sync", "ga") else "disc_params"
+    n = run.world_size
+    c = run.comm
+    rows = []
+    for r in run.ranks:
+        sel = c[(c["rank"] == r.rank) & (c["op"] == b"allreduce") & (c["channel"] == ch.encode())]
+        m = _model_bytes(sel)
+        s_metric, _, _ = r.metric("d_loss")  # steps 1..S, one d_loss each
+        s = int(s_metric.max()) if len(s_metric) else int(a.get("steps") or 0)
+        syncs = s // p
+        ring = 2 * (n - 1) / n
+        rows.append(_row(r.rank, [ch], m, f"M / p, p = {p} ({name}), one allreduce per sync-up",
+                         m / p, m * syncs, int(sel["nbytes"].sum()), s, averagings=len(sel),
+                         expected_averagings=syncs,
+                         ring_wire_per_step=ring * m * len(sel) / s if s else float("nan")))
+    return rows
+
+
+FORMULAS = {"pcasgd": _pcasgd, "dpsgd": _dpsgd, "adacomm": _adacomm, "dada": _dada}
 
 
 def bytes_vs_formula(run: Run) -> list[dict]:

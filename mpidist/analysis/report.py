@@ -15,7 +15,7 @@ import os
 import numpy as np
 
 from .formatting import fmt_bytes, text_table
-from .formulas import bytes_vs_formula
+from .formulas import FORMULAS, bytes_vs_formula
 from .imbalance import load_imbalance
 from .loading import Run
 from .sizes import size_histogram
@@ -76,7 +76,7 @@ def analyze_text(run: Run) -> str:
                          + ", ".join(f"rank {r['rank']} {fmt_bytes(r['ring_wire_per_step'])}"
                                      for r in f))
     else:
-        lines.append(f"  (no formula for {run.algorithm}; known: pcasgd, dpsgd, adacomm)")
+        lines.append(f"  (no formula for {run.algorithm}; known: {', '.join(FORMULAS)})")
     return "\n".join(lines)
 
 

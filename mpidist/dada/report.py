@@ -50,8 +50,9 @@ def summary_distributed(run, args, strategy, res, k: int, domains=None,
              *accuracy_lines(task, res, "target rank", labels)]
     lines.append(
         f"bytes exchanged after the initial transfer: {res['syncs']} sync-ups x "
-        f"{_mb(res['disc_bytes'])} (D's size) per direction per peer on '{strategy.channel}'; "
-        f"rank 0 sent {_mb(res['bytes_sent'])} and received {_mb(res['bytes_received'])}; "
+        f"{_mb(res['disc_bytes'])} (D's size), one allreduce each on '{strategy.channel}'; "
+        f"rank 0 handed {_mb(res['bytes_sent'])} to them (a ring allreduce sends "
+        f"2(n-1)/n = {2 * k / (k + 1):.2f} of that out of each rank); "
         f"initial transfer (E, C, D) {_mb(res['init_bytes'])}")
     lines.append(f"time: {res['seconds']:.1f} s ({res['adapt_seconds']:.1f} s adapting, "
                  f"{1e3 * res['adapt_seconds'] / max(res['steps_run'], 1):.1f} ms per step)")

@@ -75,10 +75,17 @@ def make_strategy(name: str, period: int | None = None) -> Strategy:
     return Strategy(name, period)
 
 
-def exchange_bytes(strategy: Strategy, steps: int, disc_bytes: int, world_size: int) -> int:
-    """Bytes one rank sends (and receives) on the discriminator channel in ``steps`` steps: one
-    D-sized message to each of the other ranks per sync-up step (Figure 3's cost, per node)."""
-    return strategy.syncs(steps) * disc_bytes * (world_size - 1)
+def exchange_bytes(strategy: Strategy, steps: int, disc_bytes: int, world_size: int = 2,
+                   wire: bool = False) -> int | float:
+    """Bytes of one rank on the discriminator channel in ``steps`` steps (Figure 3's cost, per
+    node): one allreduce of D's size per sync-up step, so ``syncs * D`` handed to MPI (what the
+    trace records), whatever the number of ranks. ``wire``: what a ring allreduce sends out of
+    each of the ``world_size`` ranks instead, ``2 (n - 1) / n`` of that (n = 2: exactly D per
+    sync-up, the one message each way of the two-node algorithm)."""
+    recorded = strategy.syncs(steps) * disc_bytes
+    if not wire:
+        return recorded
+    return recorded * 2 * (world_size - 1) / world_size
 
 
 def rank_order_mean(parts, out: torch.Tensor) -> torch.Tensor:

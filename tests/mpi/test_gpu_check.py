@@ -53,7 +53,7 @@ def test_rehearsal_on_cpu(tmp_path):
     r = by[("algorithms", "dada (few steps) cpu vs cpu")]
     assert r["status"] == "PASS" and r["ranks"] == "2", r
     # the per-channel table of DADA: its discriminator gradients, equal in both runs
-    assert any(s.split()[:2] == ["disc_grads", "send"] and s.split()[-1] == "same"
+    assert any(s.split()[:2] == ["disc_grads", "allreduce"] and s.split()[-1] == "same"
                for s in text.splitlines()), text
     assert "bandwidth, 2 ranks" in text and "\n4 KiB " in text
     assert sorted(os.listdir(out)) == ["dada-cpu", "dada-cpu.log", "dada-cuda", "dada-cuda.log",

@@ -267,25 +267,24 @@ def _bytes_per_sync(C):
                             f"hold {D_BYTES}")
         for r in run.ranks:
             rows = r.comm[np.char.startswith(r.comm["channel"], b"disc_")]
-            for op in (b"send", b"recv"):
-                sel = rows[rows["op"] == op]
-                peers = sorted({int(p) for p in sel["peer"]})
-                want_peers = [q for q in range(len(run.ranks)) if q != r.rank]
-                if peers != want_peers:
-                    problems.append(f"{key} rank {r.rank} {op}: peers {peers}")
-                if len(sel) != res["syncs"] * len(want_peers):
-                    problems.append(f"{key} rank {r.rank} {op}: {len(sel)} rows, "
-                                    f"expected {res['syncs']} x {len(want_peers)}")
-                if not (sel["nbytes"] == dbytes).all():
-                    problems.append(f"{key} rank {r.rank} {op}: sizes {set(sel['nbytes'])} "
-                                    f"!= D's {dbytes}")
-                # one message per peer and direction per sync-up step, at the sync-up steps
-                strategy = res["strategy"]
-                steps = sorted(int(s) for s in sel["step"][sel["peer"] == want_peers[0]])
-                n_steps = int(argv[argv.index("--steps") + 1])
-                want = [m for m in range(1, n_steps + 1) if strategy.is_sync_step(m)]
-                if steps != want:
-                    problems.append(f"{key} rank {r.rank} {op}: at steps {steps}, expected {want}")
+            # one allreduce of D's size per sync-up step, nothing point to point
+            if set(rows["op"]) - {b"allreduce"}:
+                problems.append(f"{key} rank {r.rank}: ops {set(rows['op'])} on disc_*")
+            sel = rows[rows["op"] == b"allreduce"]
+            if len(sel) != res["syncs"]:
+                problems.append(f"{key} rank {r.rank}: {len(sel)} allreduce rows, expected "
+                                f"{res['syncs']}")
+            if not (sel["nbytes"] == dbytes).all():
+                problems.append(f"{key} rank {r.rank}: sizes {set(sel['nbytes'])} != D's {dbytes}")
+            strategy = res["strategy"]
+            steps = sorted(int(s) for s in sel["step"])
+            n_steps = int(argv[argv.index("--steps") + 1])
+            want = [m for m in range(1, n_steps + 1) if strategy.is_sync_step(m)]
+            if steps != want:
+                problems.append(f"{key} rank {r.rank}: at steps {steps}, expected {want}")
+            if res["bytes_sent"] != dbytes * res["syncs"]:
+                problems.append(f"{key} rank {r.rank}: reports {res['bytes_sent']} bytes, "
+                                f"{res['syncs']} x D = {dbytes * res['syncs']}")
     return not problems, "; ".join(problems[:8])
 
 
@@ -301,7 +300,7 @@ def _resumed_trace(tdir, steps):
         init = np.isin(r.comm["channel"], [c.encode() for c in dada.INIT_CHANNELS])
         if init.sum() != 3:
             problems.append(f"rank {r.rank}: {init.sum()} init rows")
-        sends = r.comm[(r.comm["op"] == b"send") & (r.comm["channel"] == b"disc_params")]
+        sends = r.comm[(r.comm["op"] == b"allreduce") & (r.comm["channel"] == b"disc_params")]
         if sorted(sends["step"].tolist()) != [4, 8]:
             problems.append(f"rank {r.rank}: D exchanged at steps {sorted(sends['step'].tolist())}")
     return not problems, "; ".join(problems)
@@ -312,13 +311,13 @@ def _cost_curve(C, steps):
     for key, p in (("ga1", 1), ("ga2", 2), ("ga4", 4)):
         argv, res, _ = C.runs[key]
         run = _rows(res["trace_dir"])
-        sent = sum(int(r.comm["nbytes"][(r.comm["op"] == b"send")
+        sent = sum(int(r.comm["nbytes"][(r.comm["op"] == b"allreduce")
                                         & np.char.startswith(r.comm["channel"], b"disc_")].sum())
                    for r in run.ranks)
         n_steps = int(argv[argv.index("--steps") + 1])
         tot[p] = sent / n_steps  # bytes per step, all ranks
-        # every rank sends D to every other rank at each of the floor(steps / p) sync-ups
-        expect = (n_steps // p) * D_BYTES * (len(run.ranks) - 1) * len(run.ranks) / n_steps
+        # every rank hands D to one allreduce at each of the floor(steps / p) sync-ups
+        expect = (n_steps // p) * D_BYTES * len(run.ranks) / n_steps
         if abs(tot[p] - expect) > 1e-9:
             return False, f"p={p}: {tot[p]} bytes per step, closed form {expect}"
     ok = abs(tot[1] / tot[2] - 2) < 1e-9 and abs(tot[1] / tot[4] - 4) < 1e-9

@@ -38,8 +38,12 @@ def test_exchange_bytes_falls_as_one_over_p():
     d = 2_006_004
     cost = {p: dada.exchange_bytes(dada.make_strategy("ga", p), 1200, d, 2) for p in (1, 2, 3, 4)}
     assert cost == {1: 1200 * d, 2: 600 * d, 3: 400 * d, 4: 300 * d}
-    # three ranks: one D-sized message to each of the two others per sync-up step
-    assert dada.exchange_bytes(dada.make_strategy("ga", 2), 10, d, 3) == 5 * d * 2
+    # one allreduce of D's size per sync-up step whatever the number of ranks; on a ring's wire
+    # 2 (n - 1) / n of it: D with two ranks (one message each way), 4/3 D with three
+    ga2 = dada.make_strategy("ga", 2)
+    assert dada.exchange_bytes(ga2, 10, d, 3) == dada.exchange_bytes(ga2, 10, d, 64) == 5 * d
+    assert dada.exchange_bytes(ga2, 10, d, 2, wire=True) == 5 * d
+    assert dada.exchange_bytes(ga2, 10, d, 3, wire=True) == pytest.approx(5 * d * 4 / 3)
 
 
 def test_rank_order_mean_is_the_same_bits_wherever_computed():
