@@ -22,7 +22,6 @@ Bad arguments: one line on rank 0, exit 2 on every rank.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
 import socket
 import sys
@@ -67,14 +66,11 @@ def _args(argv, rank: int):
 
 def library_cuda_support() -> str:
     """The loaded MPI library's own answer to ``MPIX_Query_cuda_support()``, as text."""
-    for lib in (None, "libmpi.so.12", "libmpi.so.40", "libmpi.so"):
-        try:
-            query = getattr(ctypes.CDLL(lib, mode=ctypes.RTLD_GLOBAL), "MPIX_Query_cuda_support")
-        except (OSError, AttributeError):
-            continue
-        query.restype = ctypes.c_int
-        return "yes" if query() else "no"
-    return "not said (the library has no MPIX_Query_cuda_support)"
+    from .cuda_aware import library_cuda_support as said
+    answer = said()
+    if answer is None:
+        return "not said (the library has no MPIX_Query_cuda_support)"
+    return "yes" if answer else "no"
 
 
 def huge_pages() -> str:

@@ -23,6 +23,15 @@ def cuda_aware_mpi() -> bool:
         return env.strip().lower() in ("1", "true", "yes")
     if not torch.cuda.is_available():
         return False
+    said = library_cuda_support()
+    if said is not None:
+        return said
+    return os.environ.get("OMPI_MCA_opal_cuda_support", "").lower() == "true"
+
+
+def library_cuda_support() -> bool | None:
+    """The loaded MPI library's own answer to ``MPIX_Query_cuda_support()`` (MPICH >= 4, Open MPI
+    >= 4), or None where the library has no such function."""
     for lib in (None, "libmpi.so.12", "libmpi.so.40", "libmpi.so"):
         try:
             query = getattr(ctypes.CDLL(lib, mode=ctypes.RTLD_GLOBAL), "MPIX_Query_cuda_support")
@@ -30,4 +39,4 @@ def cuda_aware_mpi() -> bool:
             continue
         query.restype = ctypes.c_int
         return bool(query())
-    return os.environ.get("OMPI_MCA_opal_cuda_support", "").lower() == "true"
+    return None

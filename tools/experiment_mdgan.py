@@ -60,12 +60,14 @@ def configs(a) -> dict:
     }
 
 
-def run_one(label, nranks, extra, run_dir, log_dir, timeout) -> None:
+def run_one(label, nranks, extra, run_dir, log_dir, timeout) -> float:
+    """Run ``mpiexec -n nranks python -m mpidist.mdgan extra`` into run_dir (or reuse a finished
+    run there); returns the launch's wall seconds (NaN when reused)."""
     if os.path.exists(os.path.join(run_dir, "rank0.h5")):
         try:
             if trace.read_run(run_dir).attrs.get("status") == "ok":
                 print(f"{label}: reusing {run_dir}", flush=True)
-                return
+                return float("nan")
         except trace.TraceError:
             pass
         raise SystemExit(f"{run_dir} holds an unfinished run; remove it and start again")
@@ -81,6 +83,7 @@ def run_one(label, nranks, extra, run_dir, log_dir, timeout) -> None:
     if p.returncode:
         raise SystemExit(f"{label} failed (exit {p.returncode}); see {log_dir}/{label}.log")
     print(f"{label}: done in {time.monotonic() - t0:.0f} s", flush=True)
+    return time.monotonic() - t0
 
 
 def read(run_dir) -> dict:

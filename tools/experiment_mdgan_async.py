@@ -25,9 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import time
 
 import numpy as np
 import stamp  # noqa: E402  (tools/stamp.py, beside this script)
@@ -36,30 +34,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 from mpidist import trace  # noqa: E402
 from mpidist.analysis.blocking import covered, intervals  # noqa: E402
-
-
-def run_one(label, nranks, extra, run_dir, log_dir, timeout) -> float:
-    """Run it (or reuse a finished run); returns the launch's wall time (NaN when reused)."""
-    if os.path.exists(os.path.join(run_dir, "rank0.h5")):
-        try:
-            if trace.read_run(run_dir).attrs.get("status") == "ok":
-                print(f"{label}: reusing {run_dir}", flush=True)
-                return float("nan")
-        except trace.TraceError:
-            pass
-        raise SystemExit(f"{run_dir} holds an unfinished run; remove it and start again")
-    mpiexec = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-    cmd = [mpiexec, "-n", str(nranks), sys.executable, "-m", "mpidist.mdgan", *extra,
-           "--trace-dir", run_dir, "--quiet"]
-    print(f"{label}: {' '.join(cmd[3:])}", flush=True)
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    t0 = time.monotonic()
-    with open(os.path.join(log_dir, f"{label}.log"), "w") as log:
-        p = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO,
-                           timeout=timeout)
-    if p.returncode:
-        raise SystemExit(f"{label} failed (exit {p.returncode}); see {log_dir}/{label}.log")
-    return time.monotonic() - t0
+from experiment_mdgan import run_one  # noqa: E402  (beside this script)
 
 
 def training_rows(rt):
