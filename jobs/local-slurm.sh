@@ -181,15 +181,24 @@ if [ "$changed" = 1 ]; then
     stop_daemon slurmd /run/slurmd.pid
     stop_daemon slurmctld /run/slurmctld.pid
 fi
+# a daemon of this name running that neither this script nor jobs/local-slurm-two-nodes.sh (its
+# own cluster beside this one, "-f /etc/slurm-two-nodes/...") started
+foreign() {
+    local p
+    for p in $(pgrep -x "$1"); do
+        tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null | grep -q -- "-f /etc/slurm-two-nodes/" || return 0
+    done
+    return 1
+}
 if ! pid_alive /run/slurmctld.pid slurmctld; then
-    pgrep -x slurmctld >/dev/null && die "a slurmctld not started by this script is running; stop it first"
+    foreign slurmctld && die "a slurmctld not started by this script is running; stop it first"
     say "starting slurmctld"
     slurmctld
 fi
 for _ in $(seq 100); do scontrol ping >/dev/null 2>&1 && break; sleep 0.2; done
 scontrol ping >/dev/null 2>&1 || die "slurmctld does not answer (see $LOGDIR/slurmctld.log)"
 if ! pid_alive /run/slurmd.pid slurmd; then
-    pgrep -x slurmd >/dev/null && die "a slurmd not started by this script is running; stop it first"
+    foreign slurmd && die "a slurmd not started by this script is running; stop it first"
     say "starting slurmd"
     slurmd
 fi
