@@ -57,7 +57,8 @@ def build_parser() -> cli.ArgumentParser:
     g.add_argument("--batch-size", type=cli.positive_int, default=64,
                    help="size of the batches xi_s, xi_t (Alg. 1 line 3; default 64)")
     g.add_argument("--lr-disc", type=cli.positive_float, default=2e-4,
-                   help="Adam learning rate of D (ADDA's 2e-4, beta1 0.5)")
+                   help="Adam learning rate of D (ADDA's 2e-4, beta1 0.5); with ga and p > 1, "
+                        "p times it keeps D as fast as E_t (README: GA with D's learning rate)")
     g.add_argument("--lr-target", type=cli.positive_float, default=2e-4,
                    help="Adam learning rate of the target extractor E_t (ADDA's 2e-4, beta1 0.5)")
     g.add_argument("--pretrain-steps", type=cli.nonneg_int, default=300,
