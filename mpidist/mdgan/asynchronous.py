@@ -284,13 +284,7 @@ class AsyncWorker(MDGANWorker):
         x_r, y_r = self.shard.next()
         hd.wait()
         if self.crash_at is not None and step >= self.crash_at:
-            hg.wait()
-            links.send_notice(step)
-            run.metric(step, "crash", self.n)
-            run.trace.set_attrs(crashed_at=step)
-            run.log.info(f"emulated fail-stop crash at step {step}: notice sent, sending "
-                         "nothing more")
-            self.stopped = True
+            self.crash(step, hg)
             return
         y_g = fake_labels(s.seed, t, gi, b, nc).to(s.device) if nc else None
         y_d = fake_labels(s.seed, t, di, b, nc).to(s.device) if nc else None

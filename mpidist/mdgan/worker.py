@@ -58,13 +58,7 @@ class MDGANWorker:
         x_r, y_r = self.shard.next()                                # X_n^(r)
         hd.wait()
         if self.crash_at == i:
-            hg.wait()  # pulled whole, so that the server's sends complete
-            links.send_notice(i)
-            run.metric(i, "crash", self.n)
-            run.trace.set_attrs(crashed_at=i)
-            run.log.info(f"emulated fail-stop crash at iteration {i}: notice sent, sending "
-                         "nothing more")
-            self.stopped = True
+            self.crash(i, hg)
             return False
         y_g = fake_labels(seed, i, self.g_idx, b, nc).to(s.device) if nc else None
         y_d = fake_labels(seed, i, self.d_idx, b, nc).to(s.device) if nc else None
@@ -79,6 +73,17 @@ class MDGANWorker:
             self.swap(i)
         h.wait()
         return True
+
+    def crash(self, step: int, hg) -> None:
+        """The emulated fail-stop crash at ``step``: take the pulled X^(g) whole (so that the
+        server's sends complete), send the crash notice, record it, and stop for good."""
+        hg.wait()
+        self.links.send_notice(step)
+        self.run.metric(step, "crash", self.n)
+        self.run.trace.set_attrs(crashed_at=step)
+        self.run.log.info(f"emulated fail-stop crash at step {step}: notice sent, sending "
+                          "nothing more")
+        self.stopped = True
 
     def train_d(self, x_r, y_r, y_d) -> None:
         """L x DISCLEARNINGSTEP on J_disc(X_n^(r), X_n^(d)) (``loss_d`` its last value); then,
