@@ -17,8 +17,9 @@ them as HPC tracers do (Cristian's algorithm, "Probabilistic clock synchronizati
   (``clock_start``, ``clock_end``: ``{"offset", "uncertainty", "t"}``, ``t`` the trace time of the
   estimate, and ``clock_method``).
 - :func:`align` (applied by the trace reader) removes the drift measured between the two
-  estimates: the offset is interpolated linearly in time between them. A run that never reached
-  its end estimate (killed) is aligned by the start estimate alone.
+  estimates, interpolated linearly in time between them, where their intervals are apart (a drift
+  is removed only where the estimates prove it; :func:`offsets`). A run that never reached its end
+  estimate (killed) is aligned by the start estimate alone.
 
 Tests inject known clock errors with ``MPIDIST_TEST_CLOCK_SKEW="rank:offset_s:drift_ppm,..."``,
 read here only: that rank's raw clock reads ``Wtime + offset_s + drift_ppm * 1e-6 * (Wtime -
@@ -204,29 +205,53 @@ def check_attrs(attrs: dict) -> str | None:
     return None
 
 
-def drift(attrs: dict) -> float:
-    """The rank's clock rate relative to rank 0's minus 1 (seconds per second), measured between
-    the start and end estimates; 0 without both."""
+def offsets(attrs: dict) -> tuple[float, float, float, float] | None:
+    """The rank's offset to rank 0 at the start and at the end, ``(o_s, o_e, t_s, t_e)``. Two
+    estimates whose intervals (``offset +- uncertainty`` at trace times ``t``) are apart prove a
+    drift: their offsets as estimated. Intervals that overlap prove none: a constant offset, the
+    point of the overlap nearest to the sharper estimate (so that a start estimate with a wide
+    interval, e.g. taken on a busy machine, does not make a drift out of its own error). None
+    without both estimates, or with a single instant."""
     s, e = attrs.get("clock_start"), attrs.get("clock_end")
     if not (_valid(s) and _valid(e)) or e["t"] <= s["t"]:
-        return 0.0
-    return (e["offset"] - s["offset"]) / (e["t"] - s["t"])
+        return None
+    lo = max(s["offset"] - s["uncertainty"], e["offset"] - e["uncertainty"])
+    hi = min(s["offset"] + s["uncertainty"], e["offset"] + e["uncertainty"])
+    if lo > hi:
+        return s["offset"], e["offset"], s["t"], e["t"]
+    sharp = s if s["uncertainty"] <= e["uncertainty"] else e
+    o = min(max(sharp["offset"], lo), hi)
+    return o, o, s["t"], e["t"]
+
+
+def drift(attrs: dict) -> float:
+    """The rank's clock rate relative to rank 0's minus 1 (seconds per second), measured between
+    the start and end estimates (:func:`offsets`); 0 without both."""
+    o = offsets(attrs)
+    return 0.0 if o is None else (o[1] - o[0]) / (o[3] - o[2])
 
 
 def align(attrs: dict, t: np.ndarray) -> np.ndarray:
-    """Times ``t`` of one rank's trace, on rank 0's clock: the trace is on rank 0's clock at the
-    start estimate already (the runtime shifted its t = 0), so only the drift since is removed:
-    ``t - drift * (t - t_start)``. Returns ``t`` itself when there is no drift to remove."""
-    rate = drift(attrs)
-    if rate == 0.0:
+    """Times ``t`` of one rank's trace, on rank 0's clock. The runtime wrote the trace on rank 0's
+    clock as the start estimate gave it (it shifted its t = 0 by that offset); the offset at time
+    t is :func:`offsets`' line, ``o(t) = o_s + drift * (t - t_s)``, so rank 0's time is
+    ``t - (o(t) - offset_start)``. Returns ``t`` itself when there is nothing to remove (no end
+    estimate: a killed run stays on its start estimate)."""
+    o = offsets(attrs)
+    if o is None:
         return t
-    return t - rate * (t - attrs["clock_start"]["t"])
+    shift = o[0] - attrs["clock_start"]["offset"]
+    rate = (o[1] - o[0]) / (o[3] - o[2])
+    if rate == 0.0 and shift == 0.0:
+        return t
+    return t - shift - rate * (t - o[2])
 
 
 def align_rows(attrs: dict, comm: np.ndarray, metrics: np.ndarray) -> None:
     """:func:`align` applied in place to a rank's /comm (t_post, t_done, t_wait where the format
     has it) and /metrics (t) rows."""
-    if drift(attrs) == 0.0:
+    o = offsets(attrs)
+    if o is None or (o[0] == o[1] == attrs["clock_start"]["offset"]):
         return
     for rows, cols in ((comm, ("t_post", "t_done", "t_wait")), (metrics, ("t",))):
         for c in cols:

@@ -113,8 +113,9 @@ def chrome_trace(run: Run, steps: tuple | None = None,
     - flow events ("s" -> "f", ``bp`` "e") from each send, at its posting, to the completion of
       its receive, paired by (sender, receiver, tag, channel) in order of posting (MPI's
       non-overtaking rule); never backwards in time (a pair whose receive completed before the
-      send was posted, possible only with clocks that disagree across hosts, gets no arrow and is
-      counted in ``otherData.flows_backwards``); unmatched rows (a killed run) get no flow;
+      send was posted, possible only where the ranks' clocks disagree by more than their
+      alignment found (:mod:`mpidist.clock`), gets no arrow and is counted in
+      ``otherData.flows_backwards``); unmatched rows (a killed run) get no flow;
     - counters ("C") per rank: bytes in flight (send/recv/collective) and each metric's value.
 
     Only the rows and metric values of ``steps`` (first, last; default all) are exported, and of

@@ -36,6 +36,7 @@ def test_raw_clock_with_and_without_skew():
 def test_drift_and_align_in_closed_form():
     attrs = {"clock_start": clock.record(3.0, 1e-6, 2.0),
              "clock_end": clock.record(3.0 + 0.004, 2e-6, 12.0)}   # 400 ppm over 10 s
+    # intervals apart: the drift as estimated
     assert clock.drift(attrs) == pytest.approx(4e-4)
     t = np.array([2.0, 7.0, 12.0, 22.0])
     # rank 0's time = t - drift (t - t_start)
@@ -45,6 +46,22 @@ def test_drift_and_align_in_closed_form():
     assert clock.drift({"clock_start": attrs["clock_start"],
                         "clock_end": clock.record(4.0, 0, 2.0)}) == 0.0
     assert clock.align({}, t) is t
+
+
+def test_estimates_within_each_others_uncertainty_give_no_drift():
+    """A start estimate taken on a busy machine (-270 +- 313 us) and a sharp end estimate
+    (0.17 +- 1 us), as CI once recorded on one node (true offset 0): no drift, and the trace is
+    moved by the difference between the start estimate and the overlap's middle."""
+    s, e = clock.record(-270e-6, 313e-6, 0.0), clock.record(0.17e-6, 1e-6, 1.24)
+    attrs = {"clock_start": s, "clock_end": e}
+    assert clock.drift(attrs) == 0.0
+    o = clock.offsets(attrs)
+    assert o[0] == o[1] == pytest.approx(0.17e-6, abs=1e-15)   # the overlap is e's interval
+    t = np.array([0.0, 0.6262198, 1.24])
+    np.testing.assert_allclose(clock.align(attrs, t), t - (0.17e-6 + 270e-6), rtol=0, atol=1e-12)
+    # identical estimates: nothing to do
+    same = {"clock_start": s, "clock_end": clock.record(-270e-6, 313e-6, 1.24)}
+    assert clock.align(same, t) is t
 
 
 def test_check_attrs():
@@ -67,7 +84,7 @@ def _write(path, attrs, end=None):
 
 
 def test_the_reader_puts_rows_on_rank_0s_clock(tmp_path):
-    start, end = clock.record(-2.0, 1e-6, 1.0), clock.record(-2.0 - 8e-3, 1e-6, 9.0)  # -1000 ppm
+    start, end = clock.record(-2.0, 0.0, 1.0), clock.record(-2.0 - 8e-3, 0.0, 9.0)  # -1000 ppm
     _write(tmp_path / "rank1.h5", {"clock_method": "ping-pong", "clock_start": start}, end)
     r = read_rank(str(tmp_path / "rank1.h5"))
     with h5py.File(tmp_path / "rank1.h5", "r") as f:
