@@ -16,7 +16,7 @@ from .cli import PRESETS, RESUME_MAY_CHANGE, _presets, check, main, make_parser 
 from .exchange import CTRL, FlatState, GradientAverager, ModelAverager  # noqa: F401
 from .optimizer import FlatSGD, PeriodicAveragingSGD, Report
 from .wrapper import AdaComm  # noqa: F401
-from .rules import (METHODS, CommSchedule, Interval, basic_tau, lr_decays_due,  # noqa: F401
-                    next_tau)
+from .rules import (METHODS, MOMENTUM_RESTARTS, CommSchedule, Interval,  # noqa: F401
+                    basic_tau, lr_decays_due, momentum_restart_due, next_tau)
 from .train import evaluate_averaged, phase_steps, train  # noqa: F401
 from .worker import Trainer, search_tau0  # noqa: F401

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .. import cli, runtime
-from .rules import METHODS
+from .rules import METHODS, MOMENTUM_RESTARTS
 from .train import train
 
 # Section 5: 4 workers, batch 128 per worker, weight decay 5e-4, T0 = 60 s, lr / 10 at epochs
@@ -86,8 +86,15 @@ def make_parser() -> cli.ArgumentParser:
     cli.lr_flags(o, default=0.05, what="eta_0, the initial learning rate (paper: 0.2 VGG-16, "
                                        "0.4 ResNet-50)")
     o.add_argument("--momentum", type=cli.unit_float, default=0.9,
-                   help="local momentum of every worker's SGD; restarted at every averaging "
-                        "(paper: 0.9; for sync the usual momentum) (default 0.9)")
+                   help="local momentum of every worker's SGD; restarted after averagings as "
+                        "--momentum-restart says (paper: 0.9; for sync the usual momentum) "
+                        "(default 0.9)")
+    o.add_argument("--momentum-restart", choices=MOMENTUM_RESTARTS, default=MOMENTUM_RESTARTS[0],
+                   help="when the local momentum is cleared after an averaging: "
+                        "while-tau-above-1: not between two one-step periods, so tau = 1 is "
+                        "synchronous momentum SGD; always: after every averaging (the paper's "
+                        "sentence read literally; at tau = 1 only the block momentum is left); "
+                        "never (default while-tau-above-1)")
     o.add_argument("--global-momentum", type=cli.unit_float, default=0.3,
                    help="beta_glob, the block momentum of Eqs. 7-8 applied at each averaging "
                         "(paper: 0.3; 0 = plain averaging, Eq. 1) (default 0.3)")

@@ -22,7 +22,8 @@
 
 The step is the wrapped optimizer's step, then, when the schedule's predicate says so (Eq. (1):
 after tau local steps), the exchange (with block momentum, Eqs. (7)-(8)) and the restart of the
-local momentum; ``state_dict`` carries everything a resumed job needs.
+local momentum (when: ``restart_momentum``, :func:`mpidist.adacomm.rules.momentum_restart_due`);
+``state_dict`` carries everything a resumed job needs.
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ import torch
 
 from ..loop import DIVERGED, decode_stop, stop_from_mean, stop_term
 from .exchange import LOSS, LOSS0, STOP, TIME, FlatState, GradientAverager
-from .rules import CommSchedule, Interval
+from .rules import MOMENTUM_RESTARTS, CommSchedule, Interval, momentum_restart_due
 
 
 class FlatSGD:
@@ -104,10 +105,21 @@ class PeriodicAveragingSGD:
     F; ``stop_flag()``: this worker's stop code (``Run.stop_code``: 2 x a stop signal's number, + 1
     when a timed checkpoint is due), agreed through the (averaged) control slots like everything
     else (``mpidist.loop.stop_term`` / ``stop_from_mean``).
+    ``restart_momentum``: when the local momentum is cleared after an averaging, one of
+    :data:`~mpidist.adacomm.rules.MOMENTUM_RESTARTS` (``"while-tau-above-1"``: not between two
+    one-step periods, so tau = 1 is synchronous momentum SGD; ``"always"``: after every averaging,
+    the paper's sentence read literally; ``"never"``), or a bool (True: ``"always"``, False:
+    ``"never"``).
     """
 
     def __init__(self, optimizer, state: FlatState, exchange, schedule: CommSchedule, clock,
-                 window: int = 20, restart_momentum: bool = True, stop_flag=None):
+                 window: int = 20, restart_momentum: bool | str = "while-tau-above-1",
+                 stop_flag=None):
+        if isinstance(restart_momentum, bool):
+            restart_momentum = "always" if restart_momentum else "never"
+        if restart_momentum not in MOMENTUM_RESTARTS:
+            raise ValueError(f"restart_momentum must be one of {', '.join(MOMENTUM_RESTARTS)} "
+                             f"or a bool, got {restart_momentum!r}")
         self.opt, self.state, self.exchange, self.schedule = optimizer, state, exchange, schedule
         self.clock, self.restart_momentum = clock, restart_momentum
         self.stop_flag = stop_flag or (lambda: 0)
@@ -184,10 +196,12 @@ class PeriodicAveragingSGD:
         if self.sync:
             raise RuntimeError("synchronous SGD averages gradients in step(), never models")
         self._fill(self.state.ctrl)
+        tau_ended = self.schedule.tau
         ctrl = self.exchange.average(self.schedule.lr)
-        if self.restart_momentum:
+        report = self._agree(ctrl, step)      # may start an interval with a new tau
+        if momentum_restart_due(self.restart_momentum, tau_ended, self.schedule.tau):
             self._restart_momentum()
-        return self._agree(ctrl, step)
+        return report
 
     def restart(self) -> None:
         """Back to a fresh start from the current model (after the tau0 search)."""

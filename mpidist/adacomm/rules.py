@@ -9,6 +9,8 @@ clock, no torch).
   strictly below ``tau_{l-1}`` at an unchanged learning rate (:func:`next_tau`).
 - With a learning-rate schedule, the paper's "first decay tau to 1, then decay the learning
   rate" (:meth:`CommSchedule.lr_for`).
+- When the local momentum restarts after an averaging (Section 5, "Adaptive Communication in
+  Momentum SGD"): :func:`momentum_restart_due`.
 
 Every input is a value all ranks share (the step count, the loss and time averaged by the
 allreduce), so every rank takes the same decisions.
@@ -19,6 +21,9 @@ import math
 from dataclasses import dataclass
 
 METHODS = ("sync", "pasgd", "adacomm")
+
+#: when each worker's local momentum is cleared after an averaging (:func:`momentum_restart_due`)
+MOMENTUM_RESTARTS = ("while-tau-above-1", "always", "never")
 
 _EPS = 1e-9  # ceil(4.000000001) must be 4: products like sqrt(x) * tau0 carry rounding noise
 
@@ -50,6 +55,30 @@ def next_tau(F_l: float, F_0: float, eta_l: float, eta_0: float, tau_0: int, tau
     if eta_l == eta_prev and tau + slack >= tau_prev:
         return max(1, min(tau_prev - 1, _ceil(gamma * tau_prev)))
     return tau
+
+
+def momentum_restart_due(mode: str, tau_ended: int, tau_next: int) -> bool:
+    """Whether the local momentum restarts after the averaging that ends a period of ``tau_ended``
+    local steps and begins one of ``tau_next`` (Section 5, "Adaptive Communication in Momentum
+    SGD": "their local momentum buffer will be cleared at the beginning of each local update
+    period. Namely, we restart momentum SGD on local models after each averaging step").
+
+    - ``always``: the sentence read literally: after every averaging, so at tau = 1 after every
+      step (the local momentum then never acts; only the block momentum of Eqs. (7)-(8) remains);
+    - ``while-tau-above-1``: after every averaging that ends or begins a period of more than one
+      local step; between two one-step periods the momentum runs on, so at tau = 1 the method is
+      fully synchronous momentum SGD (Eq. (1) with tau = 1), the paper's "decay the communication
+      period to 1 and then decay the learning rate as usual";
+    - ``never``: the local momentum runs on across every averaging.
+    """
+    if mode == "always":
+        return True
+    if mode == "never":
+        return False
+    if mode == "while-tau-above-1":
+        return tau_ended > 1 or tau_next > 1
+    raise ValueError(f"momentum restart must be one of {', '.join(MOMENTUM_RESTARTS)}, "
+                     f"got {mode!r}")
 
 
 def lr_decays_due(epoch: float, milestones) -> int:

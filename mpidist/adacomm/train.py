@@ -121,7 +121,8 @@ def train(run) -> None:
                   weight_decay=a.weight_decay, global_momentum=a.global_momentum,
                   gamma=a.gamma, slack=a.slack, loss_window=a.loss_window,
                   lr_milestones=a.lr_milestones, lr_decay=a.lr_decay,
-                  lr_decay_after_tau1=a.lr_decay_after_tau1, steps_per_epoch=steps_per_epoch)
+                  lr_decay_after_tau1=a.lr_decay_after_tau1, steps_per_epoch=steps_per_epoch,
+                  momentum_restart=a.momentum_restart)
     trainer = Trainer(run, ada, shard, task.loss, n_train, a.batch_size)
     schedule, state = ada.schedule, ada.state
     described = task.describe(a.model)

@@ -9,7 +9,7 @@ from ..buffers import attach_grads, unflatten
 from ..errors import UsageError
 from .exchange import FlatState, GradientAverager, ModelAverager
 from .optimizer import FlatSGD, PeriodicAveragingSGD, Report
-from .rules import METHODS, CommSchedule
+from .rules import METHODS, MOMENTUM_RESTARTS, CommSchedule
 
 
 class AdaComm:
@@ -22,8 +22,11 @@ class AdaComm:
     ``model``: on ``run.device``, one dtype; its parameters (and floating buffers, e.g. BatchNorm
     statistics) become views into one flat buffer (:class:`FlatState`), so an averaging is one
     allreduce that copies nothing. ``optimizer``: the user's torch optimizer over ``model``'s
-    parameters, the local step of every worker (its ``momentum_buffer``s are cleared after each
-    averaging, as the paper restarts the local momentum); or None with ``lr`` (and ``momentum``,
+    parameters, the local step of every worker (its ``momentum_buffer``s are cleared after an
+    averaging, as the paper restarts the local momentum; ``momentum_restart`` says which:
+    ``"while-tau-above-1"``, the default, not between two one-step periods, so that tau = 1 is
+    synchronous momentum SGD; ``"always"``, after every averaging, the paper's sentence read
+    literally; ``"never"``); or None with ``lr`` (and ``momentum``,
     ``weight_decay``): AdaComm's own :class:`FlatSGD` (torch.optim.SGD's bits, what the command
     line uses).
 
@@ -54,7 +57,7 @@ class AdaComm:
                  global_momentum: float = 0.0, gamma: float = 0.5, slack: int = 0,
                  loss_window: int = 20, lr_milestones=(), lr_decay: float = 0.1,
                  lr_decay_after_tau1: bool | None = None, steps_per_epoch: float | None = None,
-                 metrics: bool = True):
+                 metrics: bool = True, momentum_restart: str = "while-tau-above-1"):
         if method not in METHODS:
             raise UsageError(f"AdaComm: method must be one of {', '.join(METHODS)}, got {method!r}")
         if optimizer is None and lr is None:
@@ -68,6 +71,9 @@ class AdaComm:
         if not 0 <= global_momentum < 1 or not 0 < gamma < 1 or int(loss_window) < 1:
             raise UsageError("AdaComm: global_momentum in [0, 1), gamma in (0, 1) and "
                              "loss_window >= 1 are required")
+        if momentum_restart not in MOMENTUM_RESTARTS:
+            raise UsageError(f"AdaComm: momentum_restart must be one of "
+                             f"{', '.join(MOMENTUM_RESTARTS)}, got {momentum_restart!r}")
         self.run, self.model, self.method = run, model, method
         self.comm = getattr(run, "comm", run)
         try:
@@ -92,7 +98,9 @@ class AdaComm:
         else:
             exchange = ModelAverager(self.comm, self.state, global_momentum)
         self.opt = PeriodicAveragingSGD(base, self.state, exchange, schedule, self.clock,
-                                        int(loss_window), restart_momentum=method != "sync",
+                                        int(loss_window),
+                                        restart_momentum="never" if method == "sync"
+                                        else momentum_restart,
                                         stop_flag=getattr(run, "stop_code", None))
         self.steps_per_epoch = float(steps_per_epoch) if steps_per_epoch else None
         self.metrics = metrics                   # log every averaging's metrics (log())

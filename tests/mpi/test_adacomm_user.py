@@ -124,15 +124,18 @@ def test_pasgd_tau1_equals_sync(launched):
     both against a single-process reference (torch.optim.SGD on the union of the 4 workers'
     batches). Plain SGD with weight decay to 1e-6 (measured 2.1e-7; not bitwise: averaging the
     stepped models and stepping with the averaged gradient round differently); with momentum 0.9
-    (local momentum restarted at every averaging + block momentum 0.9 against sync's momentum
-    0.9) to 1e-5 (measured 2.6e-6: block momentum divides the model change by eta and multiplies
-    it back). Through the command line, plain SGD with weight decay: the saved models of
+    (local momentum restarted at every averaging, ``momentum_restart="always"``, + block momentum
+    0.9 against sync's momentum 0.9) to 1e-5 (measured 2.6e-6: block momentum divides the model
+    change by eta and multiplies it back), and with the default ``"while-tau-above-1"`` (the
+    local momentum 0.9 runs on at tau = 1, no block momentum) to 1e-5. Through the command line,
+    plain SGD with weight decay: the saved models of
     ``--method pasgd --tau 1`` and ``--method sync`` agree to 1e-6."""
     proc, out = launched
     check(proc)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(("PASS", "FAIL"))]
     assert lines == ["PASS pasgd_tau1_equals_sync_plain",
-                     "PASS pasgd_tau1_equals_sync_momentum"], proc.stdout
+                     "PASS pasgd_tau1_equals_sync_momentum",
+                     "PASS pasgd_tau1_equals_sync_momentum_kept"], proc.stdout
     a, b = _models(os.path.join(out, "cli-tau1")), _models(os.path.join(out, "cli-sync"))
     worst = max(float((a[r][k] - b[r][k]).abs().max()) for r in range(N) for k in a[r])
     assert worst <= 1e-6, worst

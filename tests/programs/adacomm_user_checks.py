@@ -11,8 +11,9 @@
    step, PASGD tau 1 and ``method="sync"`` against a single-process reference, plain SGD on the
    union of all workers' batches (gathered), with weight decay, to 1e-6; then with momentum (local
    momentum 0.9 restarted at every averaging + block momentum 0.9 against sync/reference momentum
-   0.9), to 1e-5; rank 0 prints ``PASS <name>`` or ``FAIL <name>: <why>`` and the largest
-   differences;
+   0.9), to 1e-5, and with the default momentum restart (local momentum 0.9 running on at tau = 1,
+   no block momentum), to 1e-5; rank 0 prints ``PASS <name>`` or ``FAIL <name>: <why>`` and the
+   largest differences;
 5. the same through the command line, plain SGD with weight decay: ``--method pasgd --tau 1`` and
    ``--method sync`` (DIR/cli-tau1, DIR/cli-sync; the test compares their saved models);
 6. a regression through the command line (``--data blobs:regression --loss mse``) into DIR/reg;
@@ -84,13 +85,19 @@ def tau1_equals_sync(out: str) -> None:
                 return mine.mlp((4,), 3, hidden=HIDDEN)
 
         # tolerance: plain SGD 1e-6; with momentum 1e-5, since block momentum recovers the
-        # period's step from the model change divided by eta (x 10 here) and multiplies it back
-        for name, mu, tol in (("pasgd_tau1_equals_sync_plain", 0.0, 1e-6),
-                              ("pasgd_tau1_equals_sync_momentum", 0.9, 1e-5)):
+        # period's step from the model change divided by eta (x 10 here) and multiplies it back.
+        # momentum: the literal recipe (local momentum restarted at every averaging) with block
+        # momentum 0.9 in its place; momentum_kept: the default recipe (at tau = 1 the local
+        # momentum runs on across averagings), no block momentum
+        for name, mu, beta, restart, tol in (
+                ("pasgd_tau1_equals_sync_plain", 0.0, 0.0, "while-tau-above-1", 1e-6),
+                ("pasgd_tau1_equals_sync_momentum", 0.9, 0.9, "always", 1e-5),
+                ("pasgd_tau1_equals_sync_momentum_kept", 0.9, 0.0, "while-tau-above-1", 1e-5)):
             a, b, ref = fresh(), fresh(), fresh()
             pasgd = AdaComm(run, a, torch.optim.SGD(a.parameters(), lr=LR, momentum=mu,
                                                     weight_decay=WD),
-                            method="pasgd", tau=1, global_momentum=mu)
+                            method="pasgd", tau=1, global_momentum=beta,
+                            momentum_restart=restart)
             sync = AdaComm(run, b, torch.optim.SGD(b.parameters(), lr=LR, momentum=mu,
                                                    weight_decay=WD), method="sync")
             ref_opt = torch.optim.SGD(ref.parameters(), lr=LR, momentum=mu, weight_decay=WD)
