@@ -174,8 +174,8 @@ class FlatParams:
         self.params = flatten([p.detach() for p in self.tensors],
                               aligned_empty(self.numel, dtype, device))
         self.grads = aligned_empty(self.numel, dtype, device).zero_()
-        for p, v, g in zip(self.tensors, unflatten(self.params, self.tensors),
-                           unflatten(self.grads, self.tensors)):
+        self._grad_views = (self.grads, unflatten(self.grads, self.tensors))  # zero_grad's check
+        for p, v, g in zip(self.tensors, unflatten(self.params, self.tensors), self._grad_views[1]):
             p.data = v
             p.grad = g
 
@@ -185,8 +185,11 @@ class FlatParams:
 
     def zero_grad(self) -> None:
         self.grads.zero_()
-        for p, g in zip(self.tensors, unflatten(self.grads, self.tensors)):
-            if p.grad is None or p.grad.data_ptr() != g.data_ptr():
+        if self._grad_views[0] is not self.grads:   # a subclass put the gradients elsewhere
+            self._grad_views = (self.grads, unflatten(self.grads, self.tensors))
+        for p, g in zip(self.tensors, self._grad_views[1]):
+            pg = p.grad
+            if pg is None or pg.data_ptr() != g.data_ptr():
                 p.grad = g  # re-attach a grad someone set to None or replaced
 
     def copy_(self, flat: torch.Tensor) -> None:

@@ -48,7 +48,7 @@ from mpi4py import MPI
 from .buffers import (Block, BufferPool, FlatParams, _bytes, aligned_empty, aligned_zeros,
                       flatten, trainable_tensors, unflatten)
 from .cuda_aware import cuda_aware_mpi
-from .handles import CommError, CommTimeout, Handle, waitall
+from .handles import CommError, CommTimeout, Handle, posted, waitall
 from .link import LinkModel
 from .persistent import Persistent
 
@@ -146,9 +146,7 @@ class Communicator:
             self._check(tensor, f"isend to {dest} on '{channel}'")
         t_post = self.clock()
         nbytes = tensor.nbytes
-        name = self._names.get(channel) or self._name(channel)
         if self.link is None and not tensor.is_cuda:  # the CPU path, kept short (small messages)
-            block = None
             if snapshot and nbytes:  # one memcpy into a pooled block, no torch op
                 free = self.pool._free.get((nbytes, "cpu", False))
                 block = free.pop() if free else self.pool.get(nbytes)
@@ -156,10 +154,17 @@ class Communicator:
                 buf = block.view
                 if buf is None:
                     buf = block.view = MPI.buffer.fromaddress(block.ptr, nbytes)
-            else:
-                buf = self._views.get((tensor.data_ptr(), nbytes)) or self._view(tensor, nbytes)
-            return Handle(self, self.mpi.Isend(buf, dest, tag), b"send", dest, tag, name, nbytes,
-                          t_post, tensor, block, None, 0.0, self.step)
+                req = self.mpi.Isend(buf, dest, tag)
+                h = posted(self, req, (self.step, b"send", dest, tag, self._names.get(channel)
+                                       or self._name(channel), nbytes, t_post), tensor)
+                h.buf = block
+                return h
+            # the message leaves first; the handle and its row are made after (off its path)
+            req = self.mpi.Isend(self._views.get((tensor.data_ptr(), nbytes))
+                                 or self._view(tensor, nbytes), dest, tag)
+            return posted(self, req, (self.step, b"send", dest, tag, self._names.get(channel)
+                                      or self._name(channel), nbytes, t_post), tensor)
+        name = self._name(channel)
         t_ready, block, trailer = 0.0, None, 0
         if self.link is not None:
             t_ready, arrive = self.link.send(t_post, nbytes)
@@ -193,11 +198,12 @@ class Communicator:
             self._check(out, f"irecv from {source} on '{channel}'")
         t_post = self.clock()
         nbytes = out.nbytes
-        name = self._names.get(channel) or self._name(channel)
         if self.link is None and not out.is_cuda:  # the CPU path, kept short (small messages)
-            buf = self._views.get((out.data_ptr(), nbytes)) or self._view(out, nbytes)
-            return Handle(self, self.mpi.Irecv(buf, source, tag), b"recv",
-                          source, tag, name, nbytes, t_post, out, None, None, 0.0, self.step)
+            req = self.mpi.Irecv(self._views.get((out.data_ptr(), nbytes))
+                                 or self._view(out, nbytes), source, tag)
+            return posted(self, req, (self.step, b"recv", source, tag, self._names.get(channel)
+                                      or self._name(channel), nbytes, t_post), out)
+        name = self._name(channel)
         trailer = _TRAILER.size if self.link is not None else 0
         staged = out.is_cuda and self._staged(out)
         if staged or trailer:

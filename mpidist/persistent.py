@@ -8,7 +8,7 @@ import weakref
 import torch
 from mpi4py import MPI
 
-from .handles import CommError, Handle
+from .handles import CommError, Handle, posted
 
 
 class Persistent:
@@ -26,12 +26,15 @@ class Persistent:
     program before MPI finalizes (else MPICH warns of leaked requests).
     """
     __slots__ = ("comm", "tensor", "peer", "tag", "channel", "send", "req", "handle",
-                 "__weakref__")
+                 "op", "name", "nbytes", "__weakref__")
 
     def __init__(self, comm, tensor: torch.Tensor, peer: int, tag: int,
                  channel: str, send: bool):
         self.comm, self.tensor, self.peer, self.tag, self.send = comm, tensor, peer, tag, send
         self.channel = channel
+        # the trace row's fixed fields, made once
+        self.op, self.name = b"send" if send else b"recv", comm._name(channel)
+        self.nbytes = tensor.nbytes
         self.handle = None
         self.req = None
         if comm.link is None and not tensor.is_cuda:
@@ -54,9 +57,8 @@ class Persistent:
         else:
             t_post = c.clock()
             req.Start()
-            h = Handle(c, req, b"send" if self.send else b"recv", self.peer, self.tag,
-                       c._names.get(self.channel) or c._name(self.channel), self.tensor.nbytes,
-                       t_post, self.tensor, None, None, 0.0, c.step)
+            h = posted(c, req, (c.step, self.op, self.peer, self.tag, self.name, self.nbytes,
+                                t_post), self.tensor)
         self.handle = h
         return h
 

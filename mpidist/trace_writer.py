@@ -1,8 +1,10 @@
 """Writing one rank's trace file: :class:`TraceWriter` (the layout: :mod:`mpidist.trace`).
 
-Rows are packed into preallocated buffers (``struct.pack_into``, a fraction of a microsecond
-each; setting a row of a numpy structured array costs about 1 us), which are numpy structured
-arrays as they are, and reach the file in bulk at each flush. A flush is a
+A message row is recorded as the tuple the handle gives (:meth:`TraceWriter.comm_row`: one
+``list.append``, about 0.1 us, on the path of every message); the rows are packed at the flush
+(``struct.pack_into`` into a preallocated buffer, about 0.35 us a row, which is a numpy structured
+array as it is; setting a row of a numpy structured array costs about 1 us) and reach the file in
+bulk. Metric rows are packed when recorded. A flush is a
 commit of :class:`mpidist.trace_commit.CommittedFile`: the file at ``rank<k>.h5`` is only ever
 replaced whole, by an atomic rename, so it is complete and closed at every instant, whatever
 happens to the process (killed mid-flush, ``MPI_Abort``, full disk, I/O error) and whoever reads
@@ -67,10 +69,10 @@ def _struct_of(dtype: np.dtype) -> struct.Struct:
 
 
 class _RowBuffer:
-    """Rows packed one by one (``struct.pack_into``, about 0.3 us a row; setting a row of a numpy
-    structured array costs about 1 us) into a preallocated buffer of ``capacity`` rows of the
-    ``full`` row type (the one written now), seen as a numpy array by :meth:`take` without any
-    conversion. A file of an older format keeps its own row type ``dtype`` (a resumed run
+    """Rows packed one by one (``struct.pack_into``, about 0.3 us a row; at recording for
+    metrics, at the flush for messages: :meth:`pack_all`) into a preallocated buffer of
+    ``capacity`` rows of the ``full`` row type (the one written now), seen as a numpy array by
+    :meth:`take` without any conversion. A file of an older format keeps its own row type ``dtype`` (a resumed run
     continues its file as it was written): :meth:`take` leaves out the fields it lacks."""
 
     def __init__(self, dtype: np.dtype, capacity: int, full: np.dtype | None = None):
@@ -81,6 +83,22 @@ class _RowBuffer:
         self.buf = bytearray(capacity * st.size)
         self.capacity = capacity
         self.n = 0
+
+    def pack_all(self, rows: list) -> int:
+        """Pack ``rows`` (tuples, at most ``capacity``) after the rows already packed; returns
+        how many were dropped because their values do not fit the row type."""
+        pack, size, buf = self.pack, self.size, self.buf
+        off = self.n * size
+        dropped = 0
+        for row in rows:
+            try:
+                pack(buf, off, *row)
+            except (struct.error, TypeError):
+                dropped += 1
+                continue
+            off += size
+        self.n = off // size
+        return dropped
 
     def take(self) -> np.ndarray:
         """The rows recorded so far (a copy: they may wait for a later commit); empties it."""
@@ -145,9 +163,10 @@ class TraceWriter:
     ``checksum``: fletcher32 on the rows' chunks (default; costs about 0.1-0.3 ms per flush, see
     ``tests/programs/fuzz_trace.py --bench-flush``). ``warn``: where the one warning line goes
     (default: stderr). ``capacity``: message rows buffered before a flush is forced (default
-    65536, 5.5 MB); a flush costs about 8 ms whatever it holds (the commit of
-    :mod:`mpidist.trace_commit`), so a rank sending small messages fast pays about
-    8 ms / capacity per row for them (0.12 us; 0.5 us at 16384). Metric rows: at most 16384.
+    65536: about 13 MB of tuples, packed into 5.5 MB); a flush costs about 8 ms whatever it holds
+    (the commit of :mod:`mpidist.trace_commit`) plus the packing of its rows (about 0.35 us a
+    row), so a rank sending small messages fast pays about 8 ms / capacity per row for the commit
+    (0.12 us; 0.5 us at 16384). Metric rows: at most 16384.
     """
 
     def __init__(self, path: str, attrs: dict, clock, flush_seconds: float = 2.0,
@@ -158,7 +177,9 @@ class TraceWriter:
         self.flush_seconds = flush_seconds
         self.max_pending_rows = max_pending_rows
         self._warn = warn or (lambda line: (sys.stderr.write(line + "\n"), sys.stderr.flush()))
-        self._comm = _RowBuffer(COMM_DTYPE, capacity)
+        self._comm = _RowBuffer(COMM_DTYPE, capacity)  # packs the message rows at a flush
+        self._comm_rows: list = []  # message rows (tuples) recorded since the last flush
+        self._capacity = capacity
         self._metrics = _RowBuffer(METRIC_DTYPE, min(capacity, 1 << 14))
         self._next_flush = time.monotonic() + flush_seconds
         self.closed = False
@@ -209,17 +230,12 @@ class TraceWriter:
         self.comm_row((step, op, peer, tag, channel, nbytes, t_post, t_done, t_wait))
 
     def comm_row(self, row: tuple) -> None:
-        """:meth:`comm` with its nine values as one tuple (the handles' path: no unpacking).
-        A row whose values do not fit the row type is dropped and counted, never raised."""
-        buf = self._comm
-        n = buf.n
-        try:
-            buf.pack(buf.buf, n * buf.size, *row)
-        except (struct.error, TypeError):
-            self.dropped[0] += 1
-            return
-        buf.n = n + 1
-        if n + 1 >= buf.capacity:
+        """:meth:`comm` with its nine values as one tuple (the handles' path): kept as it is,
+        packed at the flush. A row whose values do not fit the row type is dropped and counted
+        there, never raised."""
+        rows = self._comm_rows
+        rows.append(row)
+        if len(rows) >= self._capacity:
             self._flush(force=False)
 
     def metric(self, step: int, name: str, value: float) -> None:
@@ -248,6 +264,7 @@ class TraceWriter:
     def _flush(self, force: bool) -> None:
         with self.lock:
             if self.closed:
+                self._comm_rows.clear()  # rows recorded after close() go nowhere
                 return
             self._take()
             if force or time.monotonic() >= self._retry_at:
@@ -256,8 +273,10 @@ class TraceWriter:
 
     def _take(self) -> None:
         """The buffered rows become a pending op; beyond max_pending_rows they are dropped."""
-        if not (self._comm.n or self._metrics.n):
+        if not (self._comm_rows or self._metrics.n):
             return
+        recorded, self._comm_rows = self._comm_rows, []
+        self.dropped[0] += self._comm.pack_all(recorded)
         rows = [self._comm.take(), self._metrics.take()]
         for i in range(2):
             room = max(0, self.max_pending_rows - self._pending_rows[i])

@@ -23,6 +23,10 @@ blocks (``--rounds``), so every way sees the same machine (other load, schedulin
 - ``mpidist-persistent``: ``send_init``/``recv_init`` made once, ``start().wait()`` per message
   (MPI's persistent requests, as D-PSGD's neighbour exchange uses them), traced.
 
+Each rank's main thread is pinned to a core of its own (``--no-bind`` leaves it free) after
+gloo has started its threads, which stay free: unpinned, the way right after gloo's turn was
+several times slower at random sizes (:func:`bind_main_thread`).
+
 Allreduce of 1M and 25M float32 (``--allreduce``): mpi4py ``Allreduce`` on numpy arrays, mpidist
 ``iallreduce().wait()`` (traced), gloo ``all_reduce``, interleaved likewise.
 
@@ -60,6 +64,7 @@ rank, size = world.Get_rank(), world.Get_size()
 peer = 1 - rank
 
 GOAL_BIG, GOAL_TORCH, GOAL_SMALL_US = 0.95, 2.0, 1.0
+CPUS = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
 
 
 def parse_size(text: str) -> int:
@@ -313,12 +318,29 @@ def start_gloo(skip: bool):
     return dist, None
 
 
+def bind_main_thread(on: bool) -> str:
+    """Pin this rank's main thread to the rank-th CPU it may use (as ``mpiexec -bind-to core``),
+    after gloo started, so that gloo's threads stay free to run on any core. Unpinned, the way
+    measured right after gloo's turn was several times slower at random sizes (12-21 us one way
+    at 1-64 KiB instead of 2-9 us, in 4 of 4 runs on the 2-core VM; never with ``--no-gloo``):
+    the scheduler had moved both ranks onto one core for milliseconds. Returns what was done."""
+    if not on:
+        return "unpinned (--no-bind)"
+    if not hasattr(os, "sched_setaffinity"):
+        return "unpinned (no sched_setaffinity here)"
+    if len(CPUS) < size:
+        return f"unpinned (only {len(CPUS)} CPUs for {size} ranks)"
+    os.sched_setaffinity(0, {CPUS[rank]})  # (0: the calling thread only, on Linux)
+    return f"main thread of rank r pinned to CPU r of {CPUS} (--no-bind: unpinned)"
+
+
 # ------------------------------------------------------------------------------ report
 
-def report(p2p, ar, cuda, pp, gloo_note, hp):
+def report(p2p, ar, cuda, pp, gloo_note, hp, bound="unpinned"):
     ways = [w for w in ("numpy", "torch", "gloo", "mpidist", "mpidist-notrace", "mpidist+snap",
                         "mpidist-persistent") if w in p2p[0]]
     print("\npoint to point, 2 ranks, one run, ways interleaved")
+    print(f"binding: {bound}")
     if gloo_note:
         print(f"gloo: skipped ({gloo_note})")
     print(f"transparent huge pages: {thp_mode()}; AnonHugePages of rank 0: {hp[0] >> 10} kB at "
@@ -421,6 +443,9 @@ def main():
     ap.add_argument("--allreduce", default="1M,25M",
                     help="allreduce sizes in float32 values, comma-separated (default 1M,25M; "
                          "'' for none)")
+    ap.add_argument("--no-bind", action="store_true",
+                    help="leave the ranks' main threads unpinned (default: rank r's on the r-th "
+                         "CPU it may use, see bind_main_thread)")
     ap.add_argument("--no-gloo", action="store_true", help="leave out torch.distributed")
     ap.add_argument("--no-mpi4py-bench", action="store_true",
                     help="do not run python -m mpi4py.bench pingpong afterwards")
@@ -434,6 +459,7 @@ def main():
     counts = [parse_size(c) for c in args.allreduce.split(",") if c.strip()]
 
     gloo, gloo_note = start_gloo(args.no_gloo)
+    bound = bind_main_thread(not args.no_bind)
     tmp = world.bcast(tempfile.mkdtemp(prefix="mpidist-bench-") if rank == 0 else None)
     t0 = MPI.Wtime()
     clock = lambda: MPI.Wtime() - t0  # noqa: E731
@@ -450,9 +476,12 @@ def main():
     ar = bench_allreduce(counts, comm, gloo, args.reps)
     cuda = bench_cuda(args.sizes, clock, trace, args.reps, args.rounds) if args.cuda else None
     trace.close()
+    world.Barrier()  # both files closed before rank 0 removes their directory
     if gloo is not None:
         gloo.destroy_process_group()
 
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, CPUS)  # unpinned again: mpi4py.bench's ranks inherit it
     pp = None
     if not args.no_mpi4py_bench:
         done = world.Ibarrier() if rank == 1 else None
@@ -463,7 +492,7 @@ def main():
             while not done.Test():  # sleep, so that mpi4py.bench has both cores
                 time.sleep(0.01)
     if rank == 0:
-        report(p2p, ar, cuda, pp, gloo_note, (hp0, hp1))
+        report(p2p, ar, cuda, pp, gloo_note, (hp0, hp1), bound)
         if args.csv:
             ways = [w for w in p2p[0] if w not in ("bytes", "huge")]  # medians, then p10s
             with open(args.csv, "w") as f:

@@ -37,6 +37,17 @@ def max_steps(dtype) -> int:
     return _STAMP_LIMIT.get(dtype, 1 << 11) - 2
 
 
+def _host(t: torch.Tensor):
+    """The numpy view of a CPU tensor (its elements are read and written in a tenth of the time a
+    tensor's take); None on a device or for a dtype numpy lacks (bfloat16)."""
+    if t.device.type != "cpu":
+        return None
+    try:
+        return t.numpy()
+    except (TypeError, RuntimeError):
+        return None
+
+
 class Mailbox:
     """Messages from one neighbour, consumed exactly ``lag`` steps after the step stamped in them.
 
@@ -57,6 +68,12 @@ class Mailbox:
         self.slots = lag + 1
         self.bufs = [[aligned_zeros(numel + 1, dtype, device) for _ in self.channels]
                      for _ in range(self.slots)]
+        # made once: the message part of each buffer, and its stamp as a numpy element on the CPU
+        # (reading a tensor's element costs microseconds, a numpy array's a tenth of one)
+        self.views = [[b[:numel] for b in slot] for slot in self.bufs]
+        self.host = [[_host(b) for b in slot] for slot in self.bufs]
+        if any(a is None for slot in self.host for a in slot):
+            self.host = None
         self.handles: list = [None] * self.slots
         c, saved = resume if resume is not None else (first - 1, {})
         w0, w1 = self._window(c)
@@ -107,11 +124,14 @@ class Mailbox:
                                f"{self.last})")
         k = s % self.slots
         waitall(self.handles[k])
-        stamps = torch.stack([b[self.numel] for b in self.bufs[k]]).tolist()
+        if self.host is not None:
+            stamps = [float(a[self.numel]) for a in self.host[k]]
+        else:
+            stamps = torch.stack([b[self.numel] for b in self.bufs[k]]).tolist()
         if any(int(v) != s for v in stamps):
             raise RuntimeError(f"step {t}: message from agent {self.peer} carries stamps {stamps}, "
                                f"expected {s} (lag {self.lag})")
-        return [b[:self.numel] for b in self.bufs[k]], s
+        return list(self.views[k]), s
 
     def release(self, t: int) -> None:
         """After the message of step t - lag was used: post the receive of message t + 1."""
@@ -157,12 +177,21 @@ class Outbox:
         if not dests:
             return
         self._recycle()
-        buf = self.free.pop() if self.free else aligned_empty(self.numel + 1, self.dtype,
-                                                               self.device)
-        buf[:self.numel].copy_(src)
-        buf[self.numel] = stamp
-        hs = [self.comm.isend(buf, d, tag, channel, snapshot=False) for d in dests]
+        buf = self.free.pop() if self.free else self._new()
+        whole, head, host = buf
+        head.copy_(src)
+        if host is not None:
+            host[self.numel] = stamp  # (a numpy element: a tenth of a tensor's setitem)
+        else:
+            whole[self.numel] = stamp
+        hs = [self.comm.isend(whole, d, tag, channel, snapshot=False) for d in dests]
         self.busy.append((buf, hs))
+
+    def _new(self) -> tuple:
+        """A send buffer: (numel values + stamp, its first numel values, its numpy view or
+        None off the CPU), the views made once."""
+        whole = aligned_empty(self.numel + 1, self.dtype, self.device)
+        return whole, whole[:self.numel], _host(whole)
 
     def drain(self) -> None:
         for _, hs in self.busy:

@@ -17,6 +17,8 @@ def test_bench_comm_report_format():
     if "gloo: skipped" in out:  # allowed, with its reason
         assert re.search(r"^gloo: skipped \(.+\)$", out, re.M)
         ways.remove("gloo")
+    assert re.search(r"^binding: (main thread of rank r pinned to CPU r of \[.+\]|unpinned \(.+\))",
+                     out, re.M), out
     head = re.search(r"^\s+size" + "".join(rf"\s+{re.escape(w)}" for w in ways)
                      + r"\s+huge pages$", out, re.M)
     assert head, out

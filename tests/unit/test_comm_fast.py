@@ -194,3 +194,45 @@ def test_an_mpi_error_in_a_wait_names_the_peer():
     with pytest.raises(CommError, match=r"rank 0: recv with peer 3 \(tag 11, channel 'params', "
                                         r"step 0\) failed: rank 3 is gone or unreachable \(MPI: "):
         h.wait()
+
+
+def test_posted_handle_is_the_class_made_one(traced):
+    """The CPU path's handles (``posted``) have every field ``Handle(...)`` gives, and behave
+    alike: the same row, result and (NaN) t_wait."""
+    from mpidist.handles import Handle, posted
+    comm, rows = traced
+    out = torch.zeros(3)
+    row = (7, b"recv", 0, 9, b"p", 12, 0.25)
+    a = Handle(comm, MPI.REQUEST_NULL, *row[1:], out, step=7)
+    b = posted(comm, MPI.REQUEST_NULL, row, out)
+    for f in Handle.__slots__:
+        va, vb = getattr(a, f), getattr(b, f)
+        assert va is vb or va == vb or (va != va and vb != vb), f  # (t_wait: NaN in both)
+    assert a.wait() is out and b.wait() is out
+    assert rows.rows[0][:7] == rows.rows[1][:7] == row
+    assert rows.rows[0][8] != rows.rows[0][8] and rows.rows[1][8] != rows.rows[1][8]
+
+
+def test_rows_recorded_between_flushes_are_packed_at_the_flush(tmp_path):
+    """The writer keeps the handles' rows as they are and packs them at the flush: values and
+    order as recorded, a row that does not fit dropped and counted, a full buffer flushed."""
+    import math
+
+    from mpidist.trace import TraceWriter, read_rank
+    p = str(tmp_path / "rank0.h5")
+    w = TraceWriter(p, {"rank": 0}, clock=lambda: 0.0, capacity=8)
+    want = [(s, b"send" if s % 2 else b"recv", s % 3, 40 + s, b"params", 100 * s, s / 8,
+             s / 8 + 0.01, math.nan if s % 2 else s / 8 + 0.005) for s in range(20)]
+    for r in want[:10]:
+        w.comm_row(r)
+    assert len(read_rank(p).comm) == 8  # the eighth row filled the buffer: flushed
+    w.comm_row((10, b"send", 1))  # does not fit the row type
+    for r in want[10:]:
+        w.comm_row(r)
+    w.close()
+    t = read_rank(p)
+    assert t.attrs["dropped_comm_rows"] == 1
+    got = [tuple(x.item() if hasattr(x, "item") else x for x in r) for r in t.comm.tolist()]
+    assert len(got) == 20
+    for g, r in zip(got, want):
+        assert g[:8] == r[:8] and (g[8] == r[8] or (math.isnan(g[8]) and math.isnan(r[8])))

@@ -234,3 +234,26 @@ def test_checkpoint_state_resumes_exactly():
         for ag in agents:
             ag.finish()
         assert np.abs(np.stack([x.numpy() for x in xs]) - straight[-1]).max() == 0, (name, c)
+
+
+def test_mailbox_and_outbox_carry_the_stamp_and_refuse_a_wrong_one():
+    """A message goes out of the Outbox with its step stamp in the extra element; the Mailbox
+    gives the message part (a view of its buffer) and refuses a stamp that is not the one due."""
+    from mpi4py import MPI
+
+    from mpidist.comm import Communicator
+    from mpidist.pcasgd.exchange import Mailbox, Outbox
+    comm = Communicator(MPI.COMM_SELF, timeout=5)
+    box = Mailbox(comm, 0, [("params", 301)], 4, torch.float32, "cpu", 1, -1, 5)
+    out = Outbox(comm, 4, torch.float32, "cpu")
+    out.send(torch.arange(4.0), -1, [0], 301, "params")
+    (x,), s = box.take(0)
+    assert s == -1 and torch.equal(x, torch.arange(4.0))
+    assert x.data_ptr() == box.bufs[(-1) % 2][0].data_ptr()  # no copy
+    box.release(0)
+    out.send(torch.full((4,), 2.0), 7, [0], 301, "params")  # stamped 7 where 0 is due
+    with pytest.raises(RuntimeError, match=r"carries stamps \[7.0\], expected 0"):
+        box.take(1)
+    box.withdraw()
+    out.drain()
+    assert len(out.free) == 1 and not out.busy  # one buffer, reused once its send completed
