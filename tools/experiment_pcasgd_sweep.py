@@ -9,14 +9,18 @@ Time Delay"): final test accuracy of PC-, P-, C- and D-ASGD against tau over sev
 
 Every run is ``mpiexec -n N python -m mpidist.pcasgd --variant V --seed S --delay TAU ...`` with its
 trace in ``<runs>/<variant>-tau<TAU>-s<S>`` (a finished run there is reused, so an interrupted sweep
-resumes); the numbers come from the traces (tools/experiment_pcasgd.py reads them). Writes into
-``--out`` (default tools/results/pcasgd/): ``sweep[-TAG].md`` (accuracy mean +- std over seeds per
-variant and tau, and PC's margin over C and over D-ASGD with the same seed), ``sweep[-TAG].png``
-(accuracy against tau, band = std) and ``sweep[-TAG].json``.
+resumes, and the delays of an earlier sweep with the same --runs are not run again), each launch
+holding the machine's shared MPI lock (``--lock``); the numbers come from the traces
+(tools/experiment_pcasgd.py reads them). Writes into ``--out`` (default tools/results/pcasgd/):
+``sweep[-TAG].md`` (accuracy mean +- std over seeds per variant and tau, and PC's margin over C and
+over D-ASGD with the same seed), ``sweep[-TAG].png`` (accuracy against tau, band = std) and
+``sweep[-TAG].json``.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import os
 import shlex
@@ -29,6 +33,23 @@ import stamp  # noqa: E402  (tools/stamp.py, beside this script)
 import experiment_pcasgd as one  # noqa: E402  (run_one, read, LABELS: beside this script)
 
 REPO = one.REPO
+#: The machine's shared lock for multi-rank launches (the ``flock`` of the repository's rules).
+LOCK = "/tmp/mpidist-mpi.lock"
+
+
+@contextlib.contextmanager
+def held(path: str):
+    """Hold ``path``'s exclusive flock (the one ``flock(1)`` takes) while the body runs; no lock
+    for an empty path."""
+    if not path:
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def diverged(run_dir: str) -> bool:
@@ -39,11 +60,13 @@ def diverged(run_dir: str) -> bool:
         return False
 
 
-def run_or_diverge(label, seed, run_args, run_dir):
-    """``read``'s numbers of the run (made unless already there), or None if it diverged."""
+def run_or_diverge(label, seed, run_args, run_dir, lock=LOCK):
+    """``read``'s numbers of the run (made unless already there, under ``lock``), or None if it
+    diverged."""
     if not diverged(run_dir):
         try:
-            one.run_one(label, seed, run_args, run_dir)
+            with held(lock if not os.path.exists(os.path.join(run_dir, "rank0.h5")) else ""):
+                one.run_one(label, seed, run_args, run_dir)
         except SystemExit:
             if not diverged(run_dir):
                 raise
@@ -85,6 +108,8 @@ def main(argv=None) -> None:
     ap.add_argument("--runs", default=None, help="default runs/pcasgd_sweep[-TAG]")
     ap.add_argument("--out", default=os.path.join(REPO, "tools", "results", "pcasgd"))
     ap.add_argument("--timeout", type=int, default=900, help="seconds per run")
+    ap.add_argument("--lock", default=LOCK,
+                    help=f"file whose flock every launch holds (default {LOCK}; '' for none)")
     a = ap.parse_args(argv)
     sfx = f"-{a.tag}" if a.tag else ""
     a.runs = a.runs or os.path.join(REPO, "runs", f"pcasgd_sweep{sfx}")
@@ -96,14 +121,15 @@ def main(argv=None) -> None:
     extra = a.extra + ("" if a.shards == "iid" else f" --shards {a.shards}")
     os.makedirs(a.out, exist_ok=True)
     res, t0 = {}, time.time()
-    for tau in delays:
+    for tau in delays:                  # in the order given (e.g. new values first), tabled sorted
         run_args = argparse.Namespace(np=a.np, delay=tau, steps=a.steps, extra=extra.strip(),
                                       timeout=a.timeout)
         for seed in seeds:
             for lab in labels:
                 d = os.path.join(a.runs, f"{lab}-tau{tau}-s{seed}")
-                res[(lab, tau, seed)] = run_or_diverge(lab, seed, run_args, d)
+                res[(lab, tau, seed)] = run_or_diverge(lab, seed, run_args, d, a.lock)
     print(f"all runs: {time.time() - t0:.0f} s", flush=True)
+    delays = sorted(delays)
 
     cmd = shlex.join(["python", "tools/experiment_pcasgd_sweep.py",
                       *(argv if argv is not None else sys.argv[1:])])
