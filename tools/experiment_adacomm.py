@@ -23,8 +23,6 @@ seeds reached the target; then every run) and ``results.json``, both stamped (to
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import json
 import os
 import subprocess
@@ -32,6 +30,7 @@ import sys
 import time
 
 import numpy as np
+import mpilock  # noqa: E402  (tools/mpilock.py, beside this script)
 import stamp  # noqa: E402  (tools/stamp.py, beside this script)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -65,7 +64,7 @@ CONFIGS = {
     "mom_adacomm_nobm": ("AdaComm, no block momentum (momentum kept at tau=1)", "momentum",
                          ["--method", "adacomm", "--global-momentum", "0", *KEEP]),
 }
-LOCK = "/tmp/mpidist-mpi.lock"
+LOCK = mpilock.LOCK
 FAMILIES = {"plain": "plain SGD (paper Fig. 5)", "momentum": "momentum (paper Fig. 7)"}
 
 
@@ -82,7 +81,7 @@ def run_one(name: str, seed: int, args, root: str) -> dict:
            "--link-latency", str(args.latency), "--link-bandwidth", str(args.bandwidth),
            "--seed", str(seed), *CONFIGS[name][2]]
     limit = int(args.budget * 4 + 240)
-    cmd = ["timeout", str(limit), *mpi]      # the caller holds the shared lock (held_lock)
+    cmd = ["timeout", str(limit), *mpi]      # the caller holds the shared lock (mpilock.held)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     t = time.time()
     p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=3600)
@@ -93,19 +92,6 @@ def run_one(name: str, seed: int, args, root: str) -> dict:
     # the load average read once the lock is ours (the run's start) is the trace's own start time
     return {"cmd": " ".join(os.path.relpath(c, REPO) if c.startswith(REPO) else c for c in mpi),
             "load_after": os.getloadavg()[0], "wall": time.time() - t}
-
-
-@contextlib.contextmanager
-def held_lock(path: str = LOCK):
-    """The project's shared lock for multi-rank launches (the lock ``flock LOCK cmd`` takes),
-    held for one seed's runs: they run back to back, and this script waits for the lock once per
-    seed instead of once per run."""
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def analyze_one(d: str, name: str) -> dict:
@@ -331,7 +317,7 @@ def main():
             todo = [n for n in order(names, i) if f"{seed}/{n}" not in meta]
             if not todo:
                 continue
-            with held_lock():
+            with mpilock.held():
                 for name in todo:
                     print(f"== seed {seed}: {name}", flush=True)
                     meta[f"{seed}/{name}"] = run_one(name, seed, args, root)

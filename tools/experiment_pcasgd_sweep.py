@@ -19,8 +19,6 @@ over D-ASGD with the same seed), ``sweep[-TAG].png`` (accuracy against tau, band
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import json
 import os
 import shlex
@@ -28,28 +26,14 @@ import sys
 import time
 
 import numpy as np
+import mpilock  # noqa: E402  (tools/mpilock.py, beside this script)
 import stamp  # noqa: E402  (tools/stamp.py, beside this script)
 
 import experiment_pcasgd as one  # noqa: E402  (run_one, read, LABELS: beside this script)
 
 REPO = one.REPO
 #: The machine's shared lock for multi-rank launches (the ``flock`` of the repository's rules).
-LOCK = "/tmp/mpidist-mpi.lock"
-
-
-@contextlib.contextmanager
-def held(path: str):
-    """Hold ``path``'s exclusive flock (the one ``flock(1)`` takes) while the body runs; no lock
-    for an empty path."""
-    if not path:
-        yield
-        return
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+LOCK = mpilock.LOCK
 
 
 def diverged(run_dir: str) -> bool:
@@ -65,7 +49,7 @@ def run_or_diverge(label, seed, run_args, run_dir, lock=LOCK):
     diverged."""
     if not diverged(run_dir):
         try:
-            with held(lock if not os.path.exists(os.path.join(run_dir, "rank0.h5")) else ""):
+            with mpilock.held(lock if not os.path.exists(os.path.join(run_dir, "rank0.h5")) else ""):
                 one.run_one(label, seed, run_args, run_dir)
         except SystemExit:
             if not diverged(run_dir):
