@@ -156,7 +156,8 @@ JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
 # keep finished jobs visible to 'scontrol show job' for an hour (the tests read their state)
 MinJobAge=3600
-KillWait=10
+# SLURM's default: SIGKILL 30 s after SIGTERM, well above the ranks' --term-grace (10 s) on a busy node
+KillWait=30
 InactiveLimit=0
 NodeName=$host CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
 PartitionName=$PARTITION Nodes=$host Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
