@@ -20,6 +20,7 @@ records the counts in the file (``dropped_comm_rows``, ``dropped_metric_rows``).
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import socket
@@ -72,8 +73,9 @@ class _RowBuffer:
     """Rows packed one by one (``struct.pack_into``, about 0.3 us a row; at recording for
     metrics, at the flush for messages: :meth:`pack_all`) into a preallocated buffer of
     ``capacity`` rows of the ``full`` row type (the one written now), seen as a numpy array by
-    :meth:`take` without any conversion. A file of an older format keeps its own row type ``dtype`` (a resumed run
-    continues its file as it was written): :meth:`take` leaves out the fields it lacks."""
+    :meth:`take` without any conversion. A file of an older format keeps its own row type
+    ``dtype`` (a resumed run continues its file as it was written): :meth:`take` leaves out the
+    fields it lacks."""
 
     def __init__(self, dtype: np.dtype, capacity: int, full: np.dtype | None = None):
         self.dtype = dtype
@@ -275,8 +277,12 @@ class TraceWriter:
         """The buffered rows become a pending op; beyond max_pending_rows they are dropped."""
         if not (self._comm_rows or self._metrics.n):
             return
-        recorded, self._comm_rows = self._comm_rows, []
-        self.dropped[0] += self._comm.pack_all(recorded)
+        # pack, then remove, the rows there now: a row appended meanwhile (by a signal handler's
+        # flush interrupting comm_row) stays in the list for the next flush
+        recorded = self._comm_rows
+        n = len(recorded)
+        self.dropped[0] += self._comm.pack_all(itertools.islice(recorded, n))
+        del recorded[:n]
         rows = [self._comm.take(), self._metrics.take()]
         for i in range(2):
             room = max(0, self.max_pending_rows - self._pending_rows[i])
