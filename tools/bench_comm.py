@@ -7,7 +7,8 @@ Run on 2 ranks (the exact command of the README's figures)::
 
 Point to point: a ping-pong from 1 KiB to 64 MiB; the one-way time is half the round trip (median
 over the repetitions), the bandwidth bytes / one-way time. In ONE run, the ways take turns in
-blocks (``--rounds``), so every way sees the same machine (other load, scheduling):
+blocks (``--rounds``), so every way sees the same machine (other load, scheduling), each round
+starting one way later (:func:`rotated`), so that none always follows gloo:
 
 - ``numpy``: raw mpi4py ``Isend``/``Irecv`` + ``Wait`` on ``np.empty`` arrays (what
   ``python -m mpi4py.bench pingpong`` moves);
@@ -109,6 +110,16 @@ def pingpong(send, recv, reps: int) -> list:
     return times
 
 
+def rotated(names: list, r: int) -> list:
+    """The ways' order in round ``r``: each round starts one way later, so that no way always
+    follows the same one. In a fixed order the traced mpidist way, which always came right after
+    gloo's turn, was 3-11 % slower than the same way untraced at 4-16 MiB (idle run of
+    2026-12-07 15:52, tools/results/bench_comm.txt), a gap one trace row per message cannot
+    explain."""
+    k = r % len(names)
+    return names[k:] + names[:k]
+
+
 def reps_for(nbytes: int, scale: float) -> int:
     r = 3000 if nbytes <= 64 << 10 else int(400 * (1 << 20) / nbytes) + 20
     return max(4, int(r * scale))
@@ -164,8 +175,10 @@ class Ways:
     def run(self, reps: int, rounds: int) -> dict:
         samples = {w: [] for w in self.ways}
         per = max(2, reps // rounds)
-        for _ in range(rounds):
-            for w, (send, recv) in self.ways.items():
+        names = list(self.ways)
+        for r in range(rounds):
+            for w in rotated(names, r):
+                send, recv = self.ways[w]
                 world.Barrier()
                 samples[w] += pingpong(send, recv, per)
         for w, ok in self.checks:
@@ -208,8 +221,9 @@ def bench_allreduce(counts, comm, gloo, scale) -> list[dict]:
         samples = {w: [] for w in ways}
         for f in ways.values():
             f()  # warm-up
-        for _ in range(reps):  # the ways take turns
-            for w, f in ways.items():
+        for r in range(reps):  # the ways take turns, each round starting one way later
+            for w in rotated(list(ways), r):
+                f = ways[w]
                 world.Barrier()
                 t0 = time.perf_counter()
                 f()
@@ -246,10 +260,10 @@ def bench_cuda(sizes, clock, trace, scale, rounds) -> list[dict] | str:
             checks.append(b)
         samples = {w: [] for w in ways}
         per = max(2, reps_for(nbytes, scale) // rounds)
-        for _ in range(rounds):
-            for w, (s, r) in ways.items():
+        for k in range(rounds):
+            for w in rotated(list(ways), k):
                 world.Barrier()
-                samples[w] += pingpong(s, r, per)
+                samples[w] += pingpong(*ways[w], per)
         if any(b[-1].item() != peer for b in checks):
             raise SystemExit("bench_comm: a CUDA way moved wrong data")
         rows.append({"bytes": nbytes, **{w: float(np.median(t)) for w, t in samples.items()}})
