@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 n=${1:-5}
 py=.venv/bin/python
 work=$(mktemp -d)
-trap 'kill -- -$load 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
+trap 'kill -- -$load 2>/dev/null; wait 2>/dev/null; sleep 2; rm -rf "$work" 2>/dev/null || rm -rf "$work"' EXIT
 set -m
 ( while :; do
     OMP_NUM_THREADS=1 "$(dirname "$py")/mpiexec" -n 2 "$py" -m mpidist.dpsgd --steps 10000000 \
