@@ -270,7 +270,14 @@ class Shard:
     from :func:`cluster_shard_indices`); each epoch visits it
     in a new order drawn from ``seed``, ``rank`` and the epoch number, so a run is reproducible and
     a resumed run can continue from ``state_dict()``. Incomplete last batches are dropped.
+
+    The rows of the next ``AHEAD`` batches (at most) are gathered in one ``index_select`` into a
+    block of their own, and each batch is a slice of it: one gather per block instead of a
+    random-row gather per step (40-90 us of a 4 ms PC-ASGD step, most of it cache misses).
+    A batch shares memory with its block only: changing it in place changes no other batch.
     """
+
+    AHEAD = 64  # batches per gathered block (memory: AHEAD batches beside the shard)
 
     def __init__(self, ds: Dataset, rank: int, world: int, batch_size: int, seed: int = 0,
                  device="cpu", indices: np.ndarray | None = None):
@@ -281,8 +288,9 @@ class Shard:
                             f"{len(self.indices)} samples ({ds.name}, {world} ranks)")
         self.batch_size, self.seed, self.rank = batch_size, seed, rank
         self.x, self.y = ds.x[self.indices].to(device), ds.y[self.indices].to(device)
-        self.epoch, self.pos = 0, 0
+        self.epoch, self.pos, self._n = 0, 0, len(self.indices)
         self._order = self._shuffle()
+        self._block = None  # (first position, x rows, y rows) gathered ahead
 
     @property
     def batches_per_epoch(self) -> int:
@@ -292,14 +300,26 @@ class Shard:
         rng = np.random.default_rng([self.seed, self.rank, self.epoch])
         return torch.from_numpy(rng.permutation(len(self.indices))).to(self.x.device)
 
+    def _gather(self) -> tuple:
+        """The rows of the batches from ``pos`` on, up to AHEAD of them in this epoch."""
+        b = self.batch_size
+        n = min(self.AHEAD, (self._n - self.pos) // b) * b
+        idx = self._order[self.pos:self.pos + n]
+        # index_select: the same rows as x[idx], in about 40 % of the time of advanced indexing
+        return self.pos, self.x.index_select(0, idx), self.y.index_select(0, idx)
+
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.pos + self.batch_size > len(self._order):
+        b = self.batch_size
+        if self.pos + b > self._n:
             self.epoch, self.pos = self.epoch + 1, 0
             self._order = self._shuffle()
-        idx = self._order[self.pos:self.pos + self.batch_size]
-        self.pos += self.batch_size
-        # index_select: the same rows as x[idx], in about 40 % of the time of advanced indexing
-        return self.x.index_select(0, idx), self.y.index_select(0, idx)
+            self._block = None
+        block = self._block
+        if block is None or self.pos + b > block[0] + len(block[1]):
+            block = self._block = self._gather()
+        i = self.pos - block[0]
+        self.pos += b
+        return block[1][i:i + b], block[2][i:i + b]
 
     __next__ = next
 
@@ -312,6 +332,7 @@ class Shard:
     def load_state_dict(self, s: dict) -> None:
         self.epoch, self.pos = int(s["epoch"]), int(s["pos"])
         self._order = self._shuffle()
+        self._block = None
 
 
 def image_size(s: str) -> int:

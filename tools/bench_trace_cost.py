@@ -15,10 +15,23 @@ ratio of each pair and their median and spread (min, max, interquartile range), 
 ratio those rows cost by construction (rows per step x the cost of one row, measured here first
 with a real TraceWriter, over the step time; a figure that scheduling noise does not blur, unlike
 the measured ratio on a busy machine), and rank 0's bytes per step.
+
+``--in-process``: one launch per algorithm instead, which turns tracing on and off itself, in
+blocks of ``--block`` steps (default 10) in the order on, off, off, on, on, off, ... (ABBA: a drift
+of the machine weighs on both alike). Off is exactly ``--no-trace``: the communicator's trace
+writer is set to None (metrics are still written, as with ``--no-trace``), on puts it back. Rank 0
+times every step (one ``Loop.end_step`` to the next); the first two blocks and the last are left
+out, and evaluation is pushed past the end (``--eval-every``) so that it falls in no block. Each
+neighbouring pair of blocks gives one on/off ratio of their mean step times; it prints their
+median and interquartile range, the ratio of all on steps' mean to all off steps', and a 95 %
+bootstrap interval of that ratio (blocks resampled in pairs). Between separate runs, the
+placement of memory and processes moves step times by several percent; within one run it does
+not, which is what a 2 % goal needs.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -134,7 +147,136 @@ def row_cost(where: str, rows: int = 200_000) -> float:
     return (time.perf_counter() - t0) / rows
 
 
+# ------------------------------------------------------------------ --in-process: one run, toggled
+
+def block_on(k: int) -> bool:
+    """Tracing in block k: on, off, off, on, on, off, off, on, ... (ABBA)."""
+    return k % 4 in (0, 3)
+
+
+def ab_worker(name: str, block: int, out: str, rest: list[str]) -> None:
+    """One rank of ``python -m mpidist.<name> <rest>``, tracing toggled every ``block`` steps;
+    rank 0 writes [(step, on, seconds)] to ``out``."""
+    import runpy
+
+    from mpi4py import MPI
+
+    from mpidist import loop as loop_mod
+    times, state = [], {"last": None, "on": True}
+    original = loop_mod.Loop.end_step
+
+    def end_step(self, step, *args, **kw):
+        stop = original(self, step, *args, **kw)
+        now = time.perf_counter()
+        if state["last"] is not None:
+            times.append((step, state["on"], now - state["last"]))
+        run = self.run
+        on = block_on((step + 1) // block)   # the block of the next step (blocks by step number)
+        if run.trace is not None:
+            run.comm.trace = run.trace if on else None
+        state["on"], state["last"] = on, time.perf_counter()
+        return stop
+    loop_mod.Loop.end_step = end_step
+    sys.argv = [f"mpidist.{name}", *rest]
+    code = 0
+    try:
+        runpy.run_module(f"mpidist.{name}", run_name="__main__", alter_sys=True)
+    except SystemExit as e:
+        code = e.code or 0
+    if MPI.COMM_WORLD.Get_rank() == 0:
+        with open(out, "w") as fh:
+            json.dump(times, fh)
+    sys.exit(code)
+
+
+def block_stats(times, block: int, boot: int = 2000, seed: int = 0) -> dict:
+    """From rank 0's [(step, on, seconds)]: mean step time on and off, the on/off ratio of each
+    neighbouring pair of blocks (blocks 2..last-1, whole blocks only), their median and IQR, the
+    ratio of the means and its 95 % bootstrap interval (pairs resampled)."""
+    by = {}
+    for step, on, sec in times:
+        by.setdefault(step // block, []).append((on, sec))
+    ks = sorted(k for k, v in by.items() if len(v) == block and len({o for o, _ in v}) == 1)
+    ks = [k for k in ks if k >= 2 and k < max(by)]
+    pairs = []
+    for k in ks:
+        if k % 2 == 0 and k + 1 in ks:
+            a = np.mean([s for _, s in by[k]])
+            b = np.mean([s for _, s in by[k + 1]])
+            on_a = by[k][0][0]
+            pairs.append((a, b) if on_a else (b, a))   # (on mean, off mean)
+    if len(pairs) < 3:
+        raise SystemExit(f"bench: {len(pairs)} pairs of blocks (fewer than 3); give more --steps")
+    p = np.asarray(pairs)
+    r = p[:, 0] / p[:, 1]
+    q1, q3 = np.percentile(r, [25, 75])
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(p), size=(boot, len(p)))
+    means = p[idx].mean(axis=1)
+    boots = means[:, 0] / means[:, 1]
+    lo, hi = np.percentile(boots, [2.5, 97.5])
+    return {"pairs": len(p), "on": float(p[:, 0].mean()), "off": float(p[:, 1].mean()),
+            "ratio": float(p[:, 0].mean() / p[:, 1].mean()), "median": float(np.median(r)),
+            "iqr": float(q3 - q1), "lo": float(lo), "hi": float(hi)}
+
+
+def in_process(args, names, extra) -> None:
+    where = tempfile.mkdtemp(prefix="mpidist-trace-cost-")
+    print(f"bench_trace_cost --in-process: {args.steps} steps per algorithm, tracing on and off in "
+          f"blocks of {args.block} steps (on, off, off, on, ...); {os.cpu_count()} CPUs, load "
+          f"average {os.getloadavg()[0]:.2f}", flush=True)
+    rows = []
+    try:
+        for name in names:
+            ranks = args.ranks or ALGORITHMS[name].ranks
+            out = os.path.join(where, f"{name}.json")
+            cmd = [mpiexec(), "-n", str(ranks), sys.executable, os.path.abspath(__file__),
+                   "--ab-worker", name, "--block", str(args.block), "--out", out, "--",
+                   "--steps", str(args.steps), "--trace-dir", os.path.join(where, name),
+                   "--quiet", "--eval-every", str(10 * args.steps + 1000),
+                   *needed_args(name, ranks), *extra]
+            env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+            try:
+                p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
+                                   timeout=args.timeout)
+            except subprocess.TimeoutExpired:
+                raise SystemExit(f"bench: {' '.join(cmd)} ran past {args.timeout:.0f} s") from None
+            if p.returncode:
+                raise SystemExit(f"bench: {' '.join(cmd)} failed (exit {p.returncode}):\n"
+                                 f"{(p.stderr or p.stdout)[-2000:]}")
+            st = block_stats(json.load(open(out)), args.block)
+            rows.append((name, ranks, st))
+            print(f"  {name}: on {st['on'] * 1e3:.3f} ms/step, off {st['off'] * 1e3:.3f} ms/step, "
+                  f"on/off {st['ratio']:.4f} [{st['lo']:.4f}, {st['hi']:.4f}]", flush=True)
+    finally:
+        shutil.rmtree(where, ignore_errors=True)
+    print(f"\n{'algorithm':>10} {'ranks':>5} {'on ms/step':>11} {'off ms/step':>12} "
+          f"{'on/off':>7} {'95% interval':>16} {'pairs':>5} {'pair med':>8} {'IQR':>6} "
+          f"{'goal <= ' + str(GOAL):>12}")
+    for name, ranks, st in rows:
+        verdict = ("HOLDS" if st["hi"] <= GOAL else "FAILS" if st["lo"] > GOAL
+                   else "UNRESOLVED")
+        interval = f"[{st['lo']:.4f}, {st['hi']:.4f}]"
+        print(f"{name:>10} {ranks:>5} {st['on'] * 1e3:11.3f} {st['off'] * 1e3:12.3f} "
+              f"{st['ratio']:7.4f} {interval:>16} "
+              f"{st['pairs']:>5} {st['median']:8.4f} {st['iqr']:6.4f} {verdict:>12}")
+    print("on/off: mean step time of the traced blocks over the untraced ones; 95% interval: "
+          "bootstrap over the pairs of blocks; HOLDS when the whole interval is <= the goal, "
+          "FAILS when it is all above, else UNRESOLVED")
+    cores = os.cpu_count() or 1
+    if any(r[1] > cores for r in rows):
+        print(f"(more ranks than the {cores} CPUs: oversubscribed, times are noisy)")
+
+
 def main():
+    if "--ab-worker" in sys.argv:  # one rank of --in-process: ... -- <the algorithm's args>
+        cut = sys.argv.index("--")
+        w = argparse.ArgumentParser()
+        w.add_argument("--ab-worker")
+        w.add_argument("--block", type=int)
+        w.add_argument("--out")
+        known = w.parse_args(sys.argv[1:cut])
+        return ab_worker(known.ab_worker, known.block, known.out, sys.argv[cut + 1:])
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--algorithms", default=",".join(ALGORITHMS),
                     help=f"comma-separated (default: all, {','.join(ALGORITHMS)})")
@@ -145,11 +287,18 @@ def main():
     ap.add_argument("--ranks", type=int, default=0,
                     help="ranks of every run (default: each algorithm's default run's)")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per launch (default 900)")
+    ap.add_argument("--in-process", action="store_true",
+                    help="one run per algorithm that toggles tracing every --block steps "
+                         "(see above) instead of pairs of runs")
+    ap.add_argument("--block", type=int, default=10,
+                    help="--in-process: steps per block (default 10)")
     args, extra = ap.parse_known_args()
     names = [a.strip() for a in args.algorithms.split(",") if a.strip()]
     unknown = [a for a in names if a not in ALGORITHMS]
     if unknown:
         ap.error(f"unknown algorithm(s) {', '.join(unknown)} (known: {', '.join(ALGORITHMS)})")
+    if args.in_process:
+        return in_process(args, names, extra)
     where = tempfile.mkdtemp(prefix="mpidist-trace-cost-")
     print(f"bench_trace_cost: {args.steps} steps, {args.repeats} pairs of runs (tracing on, "
           f"off) per algorithm, interleaved; {os.cpu_count()} CPUs, load average "

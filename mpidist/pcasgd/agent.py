@@ -82,9 +82,12 @@ class Agent:
             d = self.velocity.mul_(self.momentum).add_(g)
         rel, st_rel = ex.take_reliable(t)
         unrel, st_unrel = ex.take_unreliable(t)
-        theta, cp, cc = self.rule(t, x, g, d, rel, unrel, lr, self.next)
+        out = ex.update_buffer(t)  # x_{t+1} written straight into its send buffer
+        if out is None:
+            out = self.next
+        theta, cp, cc = self.rule(t, x, g, d, rel, unrel, lr, out)
         ex.release(t, unrel is not None)
-        x.copy_(self.next)
+        x.copy_(out)
         ex.send_update(t, x)
         m = self.metric
         m(t, "theta", theta)

@@ -173,19 +173,28 @@ class Outbox:
                 still.append((buf, hs))
         self.busy = still
 
-    def send(self, src: torch.Tensor, stamp: int, dests, tag: int, channel: str) -> None:
-        if not dests:
-            return
+    def acquire(self) -> tuple:
+        """A free send buffer (whole, head, numpy view): write the values into its head, then
+        :meth:`post` it."""
         self._recycle()
-        buf = self.free.pop() if self.free else self._new()
-        whole, head, host = buf
-        head.copy_(src)
+        return self.free.pop() if self.free else self._new()
+
+    def post(self, buf: tuple, stamp: int, dests, tag: int, channel: str) -> None:
+        """Send ``buf`` (from :meth:`acquire`, its head filled) with ``stamp`` to ``dests``."""
+        whole, _, host = buf
         if host is not None:
             host[self.numel] = stamp  # (a numpy element: a tenth of a tensor's setitem)
         else:
             whole[self.numel] = stamp
         hs = [self.comm.isend(whole, d, tag, channel, snapshot=False) for d in dests]
         self.busy.append((buf, hs))
+
+    def send(self, src: torch.Tensor, stamp: int, dests, tag: int, channel: str) -> None:
+        if not dests:
+            return
+        buf = self.acquire()
+        buf[1].copy_(src)
+        self.post(buf, stamp, dests, tag, channel)
 
     def _new(self) -> tuple:
         """A send buffer: (numel values + stamp, its first numel values, its numpy view or
@@ -236,6 +245,7 @@ class Exchange:
                                   None if st is None else (c, st["unreliable"][n]))
                           for n, k in enumerate(self.unreliable)]
         self.out = Outbox(comm, numel, dtype, device)
+        self._update_buf = None  # the send buffer the update of this step writes into
 
     def state_dict(self, c: int) -> dict:
         """After step c: the messages that arrived but are consumed later. Waits for this agent's
@@ -299,9 +309,22 @@ class Exchange:
             for box in self.unrel_box:
                 box.release(t)
 
+    def update_buffer(self, t: int) -> torch.Tensor | None:
+        """Step t, before the update: where the update may write x_{t+1} when it goes to the
+        reliable neighbours, the send buffer itself (no copy into it after); None when it is not
+        sent. :meth:`send_update` sends it."""
+        if t <= self.steps - 2 and self.reliable:
+            self._update_buf = self.out.acquire()
+            return self._update_buf[1]
+        return None
+
     def send_update(self, t: int, x: torch.Tensor) -> None:
-        """Step t, after the update: x_{t+1} to the reliable neighbours (consumed at step t+1)."""
-        if t <= self.steps - 2:
+        """Step t, after the update: x_{t+1} to the reliable neighbours (consumed at step t+1),
+        from the buffer of :meth:`update_buffer` if it was asked for (then it holds x_{t+1})."""
+        buf, self._update_buf = self._update_buf, None
+        if buf is not None:
+            self.out.post(buf, t, self.reliable, TAG_RELIABLE, "params")
+        elif t <= self.steps - 2:
             self.out.send(x, t, self.reliable, TAG_RELIABLE, "params")
 
     def stop_early(self) -> None:

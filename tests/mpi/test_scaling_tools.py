@@ -40,11 +40,32 @@ def test_profile_step_classes_add_up():
     rows = [ln.split() for ln in out.splitlines() if re.match(r"^\s*dpsgd\s+[01]\s", ln)]
     assert len(rows) == 2, out
     for cols in rows:
-        pct = [float(c.rstrip("%")) for c in cols[3:10]]
-        assert abs(sum(pct) - 100) < 0.5, cols                   # the seven classes
-        # overhead = comm path + data + other (each printed to 0.1 %)
-        assert abs(float(cols[10].rstrip("%")) - sum(pct[4:7])) < 0.2, cols
-        assert cols[11] in ("HOLDS", "FAILS")
+        pct = [float(c.rstrip("%")) for c in cols[3:11]]
+        assert abs(sum(pct) - 100) < 0.5, cols                   # the eight classes
+        # overhead = comm path + data + other (each printed to 0.1 %); +mpi adds the MPI calls
+        assert abs(float(cols[11].rstrip("%")) - sum(pct[5:8])) < 0.2, cols
+        assert cols[12] in ("HOLDS", "FAILS")
+        assert abs(float(cols[13].rstrip("%")) - sum(pct[4:8])) < 0.2, cols
+
+
+def test_bench_trace_cost_in_process_toggles_the_trace(tmp_path):
+    """bench_trace_cost.py --in-process's ranks trace the steps of the 'on' blocks only: D-PSGD,
+    60 steps in blocks of 10 (on, off, off, on, on, off): its model messages ('params') are rows
+    of steps 0-9 and 30-49 and of no other step, on both ranks, and rank 0 timed every step."""
+    import json
+
+    from mpidist.trace import read_run
+    out, run = tmp_path / "times.json", tmp_path / "run"
+    check(run_mpi(2, [os.path.join(TOOLS, "bench_trace_cost.py"), "--ab-worker", "dpsgd",
+                      "--block", "10", "--out", str(out), "--", "--steps", "60", "--trace-dir",
+                      str(run), "--quiet", "--eval-every", "1000"], timeout=300))
+    want = set(range(0, 10)) | set(range(30, 50))
+    for t in read_run(str(run)).ranks:
+        rows = t.comm[t.comm["channel"] == b"params"]
+        assert set(rows["step"].tolist()) == want, t.rank
+    times = json.load(open(out))
+    assert [s for s, _, _ in times] == list(range(1, 60))       # step 0's start is not seen
+    assert all(on == (s in want) for s, on, _ in times)
 
 
 def test_bench_neighbour_format():

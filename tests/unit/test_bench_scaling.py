@@ -114,3 +114,25 @@ def test_seconds_per_step_leaves_out_the_first_and_last_steps():
     assert btc.seconds_per_step(_Rank(steps, times)) == pytest.approx(0.1)
     with pytest.raises(SystemExit):
         btc.seconds_per_step(_Rank([0, 1, 2], [0.0, 0.1, 0.2]))
+
+
+def test_block_stats_of_an_in_process_run():
+    """--in-process: blocks of 4 steps in the order on, off, off, on, ...; traced steps take 1.1 s,
+    untraced 1.0 s, so every pair of blocks and the whole run give on/off = 1.1 exactly. Blocks 0
+    and 1 (warm-up), the last block, a block cut short and a block whose steps disagree on the
+    state are left out."""
+    assert [btc.block_on(k) for k in range(8)] == [True, False, False, True] * 2
+    block, times = 4, []
+    for step in range(1, 48):                       # from step 1 (like DADA): block 0 is short
+        on = btc.block_on(step // block)
+        times.append((step, on, 1.1 if on else 1.0))
+    times[-5] = (times[-5][0], not times[-5][1], 5.0)   # step 43 (block 10) disagrees: left out
+    st = btc.block_stats(times, block, boot=200)
+    # blocks 2..10 qualify but the last (11) and 10 (mixed): pairs (2,3) (4,5) (6,7) (8,9)
+    assert st["pairs"] == 4
+    assert st["ratio"] == pytest.approx(1.1) and st["median"] == pytest.approx(1.1)
+    assert st["iqr"] == pytest.approx(0.0) and st["lo"] == pytest.approx(1.1)
+    assert st["hi"] == pytest.approx(1.1)
+    assert st["on"] == pytest.approx(1.1) and st["off"] == pytest.approx(1.0)
+    with pytest.raises(SystemExit):
+        btc.block_stats(times[:20], block)           # fewer than 3 pairs

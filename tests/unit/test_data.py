@@ -489,6 +489,36 @@ def test_shard_batches_epochs_and_resume():
         assert [s2.next()[1].tolist() for _ in range(7)] == rest
 
 
+def test_shard_blocks_give_the_rows_of_the_epoch_order():
+    """Batches come from blocks gathered AHEAD batches at a time: the same rows, in the same
+    order, as one gather per step would give (x[order[pos:pos + b]]), across block and epoch
+    boundaries and after a resume; a batch changed in place changes nothing else."""
+    ds = _indexed_dataset(60)
+    for ahead in (1, 3, 64):
+        sh = data.Shard(ds, 0, 2, 4, seed=3)                 # 30 samples: 7 batches per epoch
+        sh.AHEAD = ahead
+        ref_epoch, ref_pos, ref_order = 0, 0, sh._shuffle()
+        for step in range(20):
+            if ref_pos + 4 > len(ref_order):
+                ref_epoch, ref_pos = ref_epoch + 1, 0
+                rng = np.random.default_rng([3, 0, ref_epoch])
+                ref_order = torch.from_numpy(rng.permutation(30))
+            want = sh.x[ref_order[ref_pos:ref_pos + 4]]
+            ref_pos += 4
+            xb, yb = sh.next()
+            torch.testing.assert_close(xb, want)
+            xb.fill_(-1.0)                                   # the caller's own business
+        assert sh.epoch == ref_epoch == 2 and (sh.x >= 0).all()
+    a = data.Shard(ds, 1, 2, 4, seed=3)
+    a.AHEAD = 3
+    for _ in range(5):
+        a.next()
+    b = data.Shard(ds, 1, 2, 4, seed=3)
+    b.load_state_dict(a.state_dict())                        # mid-block
+    for _ in range(9):
+        torch.testing.assert_close(a.next()[1], b.next()[1])
+
+
 def test_shard_drop_last_and_errors():
     ds = _indexed_dataset(23)                            # one rank: 23 samples, batches of 5
     sh = data.Shard(ds, 0, 1, 5, seed=0)
