@@ -271,13 +271,15 @@ class Shard:
     in a new order drawn from ``seed``, ``rank`` and the epoch number, so a run is reproducible and
     a resumed run can continue from ``state_dict()``. Incomplete last batches are dropped.
 
-    The rows of the next ``AHEAD`` batches (at most) are gathered in one ``index_select`` into a
-    block of their own, and each batch is a slice of it: one gather per block instead of a
-    random-row gather per step (40-90 us of a 4 ms PC-ASGD step, most of it cache misses).
-    A batch shares memory with its block only: changing it in place changes no other batch.
+    The rows of the next batches (at most ``AHEAD`` of them and ``BLOCK_BYTES`` of inputs, at
+    least one batch) are gathered in one ``index_select`` into a block of their own, and each
+    batch is a slice of it: one gather per block instead of a random-row gather per step (40-90
+    us of a 4 ms PC-ASGD step on the digits, most of it cache misses). A batch shares memory with
+    its block only: changing it in place changes no other batch.
     """
 
-    AHEAD = 64  # batches per gathered block (memory: AHEAD batches beside the shard)
+    AHEAD = 64              # batches per gathered block at most
+    BLOCK_BYTES = 8 << 20   # ... and input bytes per block at most (large images: one batch)
 
     def __init__(self, ds: Dataset, rank: int, world: int, batch_size: int, seed: int = 0,
                  device="cpu", indices: np.ndarray | None = None):
@@ -303,7 +305,9 @@ class Shard:
     def _gather(self) -> tuple:
         """The rows of the batches from ``pos`` on, up to AHEAD of them in this epoch."""
         b = self.batch_size
-        n = min(self.AHEAD, (self._n - self.pos) // b) * b
+        row = max(1, self.x[:1].nbytes)
+        ahead = max(1, min(self.AHEAD, self.BLOCK_BYTES // (row * b)))
+        n = min(ahead, (self._n - self.pos) // b) * b
         idx = self._order[self.pos:self.pos + n]
         # index_select: the same rows as x[idx], in about 40 % of the time of advanced indexing
         return self.pos, self.x.index_select(0, idx), self.y.index_select(0, idx)

@@ -494,9 +494,9 @@ def test_shard_blocks_give_the_rows_of_the_epoch_order():
     order, as one gather per step would give (x[order[pos:pos + b]]), across block and epoch
     boundaries and after a resume; a batch changed in place changes nothing else."""
     ds = _indexed_dataset(60)
-    for ahead in (1, 3, 64):
+    for ahead, block_bytes in ((1, 8 << 20), (3, 8 << 20), (64, 8 << 20), (64, 40), (64, 1)):
         sh = data.Shard(ds, 0, 2, 4, seed=3)                 # 30 samples: 7 batches per epoch
-        sh.AHEAD = ahead
+        sh.AHEAD, sh.BLOCK_BYTES = ahead, block_bytes        # (a row: 16 bytes; 40: 1 batch)
         ref_epoch, ref_pos, ref_order = 0, 0, sh._shuffle()
         for step in range(20):
             if ref_pos + 4 > len(ref_order):
@@ -508,6 +508,8 @@ def test_shard_blocks_give_the_rows_of_the_epoch_order():
             xb, yb = sh.next()
             torch.testing.assert_close(xb, want)
             xb.fill_(-1.0)                                   # the caller's own business
+            want_block = min(ahead, max(1, block_bytes // 64), 7) * 4
+            assert len(sh._block[1]) <= want_block                # bounded by AHEAD and bytes
         assert sh.epoch == ref_epoch == 2 and (sh.x >= 0).all()
     a = data.Shard(ds, 1, 2, 4, seed=3)
     a.AHEAD = 3
