@@ -28,9 +28,9 @@ median and interquartile range, the ratio of all on steps' mean to all off steps
 bootstrap interval of that ratio (blocks resampled in pairs). Between separate runs, the
 placement of memory and processes moves step times by several percent; within one run it does
 not, which is what a 2 % goal needs. The interval takes the pairs as independent; a slow
-stretch of the machine that spans several blocks makes it too narrow (two 6000-step runs of
-PC-ASGD gave 1.022 [1.008, 1.035] and, at 12000 steps, 0.997 [0.986, 1.008]): read it as a
-lower bound of the uncertainty.
+stretch of the machine that spans several blocks makes it too narrow (a 6000-step run of
+PC-ASGD gave 1.022 [1.008, 1.035], a 12000-step run 0.997 [0.986, 1.008]): read it as a lower
+bound of the uncertainty.
 """
 from __future__ import annotations
 
