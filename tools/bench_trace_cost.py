@@ -161,32 +161,25 @@ def block_on(k: int) -> bool:
 def ab_worker(name: str, block: int, out: str, rest: list[str]) -> None:
     """One rank of ``python -m mpidist.<name> <rest>``, tracing toggled every ``block`` steps;
     rank 0 writes [(step, on, seconds)] to ``out``."""
-    import runpy
-
     from mpi4py import MPI
 
-    from mpidist import loop as loop_mod
+    from inprocess import run_algorithm
     times, state = [], {"last": None, "on": True}
-    original = loop_mod.Loop.end_step
 
-    def end_step(self, step, *args, **kw):
-        stop = original(self, step, *args, **kw)
-        now = time.perf_counter()
-        if state["last"] is not None:
-            times.append((step, state["on"], now - state["last"]))
-        run = self.run
-        on = block_on((step + 1) // block)   # the block of the next step (blocks by step number)
-        if run.trace is not None:
-            run.comm.trace = run.trace if on else None
-        state["on"], state["last"] = on, time.perf_counter()
-        return stop
-    loop_mod.Loop.end_step = end_step
-    sys.argv = [f"mpidist.{name}", *rest]
-    code = 0
-    try:
-        runpy.run_module(f"mpidist.{name}", run_name="__main__", alter_sys=True)
-    except SystemExit as e:
-        code = e.code or 0
+    def wrap(original):
+        def end_step(self, step, *args, **kw):
+            stop = original(self, step, *args, **kw)
+            now = time.perf_counter()
+            if state["last"] is not None:
+                times.append((step, state["on"], now - state["last"]))
+            run = self.run
+            on = block_on((step + 1) // block)  # the block of the next step (by step number)
+            if run.trace is not None:
+                run.comm.trace = run.trace if on else None
+            state["on"], state["last"] = on, time.perf_counter()
+            return stop
+        return end_step
+    code = run_algorithm(name, rest, wrap)
     if MPI.COMM_WORLD.Get_rank() == 0:
         with open(out, "w") as fh:
             json.dump(times, fh)

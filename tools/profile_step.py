@@ -44,7 +44,6 @@ import argparse
 import json
 import linecache
 import os
-import runpy
 import shutil
 import signal
 import subprocess
@@ -157,31 +156,25 @@ class Sampler:
 
 
 def worker(a, rest):
-    if os.environ.get("EXP_PATCH"): exec(open(os.environ["EXP_PATCH"]).read(), {})
     from mpi4py import MPI
 
-    from mpidist import loop as loop_mod
+    from inprocess import run_algorithm
     sampler = Sampler(a.interval)
-    original = loop_mod.Loop.end_step
 
-    def end_step(self, step, *args, **kw):
-        # the window: from the end of the first step's end_step to the start of the last one's
-        # (the steps between with their own end_step: progress, trace flush, meetings)
-        last = self.is_last(step)
-        if last:
-            sampler.active = False
-        out = original(self, step, *args, **kw)
-        sampler.steps += 1
-        sampler.active = not (out or last)
-        return out
-    loop_mod.Loop.end_step = end_step
+    def wrap(original):
+        def end_step(self, step, *args, **kw):
+            # the window: from the end of the first step's end_step to the start of the last
+            # one's (the steps between with their own end_step: progress, trace flush, meetings)
+            last = self.is_last(step)
+            if last:
+                sampler.active = False
+            out = original(self, step, *args, **kw)
+            sampler.steps += 1
+            sampler.active = not (out or last)
+            return out
+        return end_step
     sampler.start()
-    sys.argv = [f"mpidist.{a.worker}", *rest]
-    code = 0
-    try:
-        runpy.run_module(f"mpidist.{a.worker}", run_name="__main__", alter_sys=True)
-    except SystemExit as e:
-        code = e.code or 0
+    code = run_algorithm(a.worker, rest, wrap)
     sampler.stop()
     rank = MPI.COMM_WORLD.Get_rank()
     with open(os.path.join(a.out, f"rank{rank}.json"), "w") as fh:
