@@ -406,6 +406,9 @@ def report(p2p, ar, cuda, pp, gloo_note, hp, bound="unpinned"):
     print(f"    the same from the 10th percentiles (less scheduling noise): {low['mpidist']:.2f} us; "
           f"off {low['mpidist-notrace']:.2f}; snapshot {low['mpidist+snap']:.2f}; persistent "
           f"{low['mpidist-persistent']:.2f} (numpy {r['numpy:p10'] * 1e6:.2f} us one way)")
+    p = added["mpidist-persistent"]
+    print(f"  the same goal on the fixed exchanges' path (persistent requests, traced; D-PSGD's): "
+          f"{'HOLDS' if p <= GOAL_SMALL_US else 'FAILS'} ({p:.2f} us)")
 
     if ar:
         print("\nallreduce (float32, 2 ranks): milliseconds | ratio of times, other / mpidist")

@@ -35,6 +35,11 @@ def test_bench_comm_report_format():
     assert re.search(r"^    the same from the 10th percentiles \(less scheduling noise\): "
                      r"-?[\d.]+ us; off -?[\d.]+; snapshot -?[\d.]+; persistent -?[\d.]+ "
                      r"\(numpy [\d.]+ us one way\)$", out, re.M), out
+    m = re.search(r"^  the same goal on the fixed exchanges' path \(persistent requests, traced; "
+                  r"D-PSGD's\): (HOLDS|FAILS) \((-?[\d.]+) us\)$", out, re.M)
+    assert m, out
+    added = float(re.search(r"persistent requests, traced, (-?[\d.]+) us\)", out).group(1))
+    assert float(m.group(2)) == added and (m.group(1) == "HOLDS") == (added <= 1.0), out
     assert re.search(r"^ +1024 floats mpi4py +[\d.]+ ms +mpidist +[\d.]+ ms", out, re.M), out
     assert "python -m mpi4py.bench pingpong" in out
     rows = re.findall(r"^\s+(1|2) KiB" + NUM * 5 + "$", out.split("mpi4py.bench pingpong")[1],
