@@ -84,22 +84,27 @@ def aligned_zeros(numel: int, dtype=torch.float32, device="cpu") -> torch.Tensor
     return aligned_empty(numel, dtype, device).zero_()
 
 
-def _smaps_fields(path: str, fields: tuple, address: int | None = None) -> dict:
+def _smaps_fields(path: str, fields: tuple, address: int | None = None, end: int | None = None
+                  ) -> dict:
     """kB fields of ``/proc/self/smaps_rollup`` (the whole process) or, with ``address``, of the
-    mapping of ``/proc/self/smaps`` that holds it, in bytes; {} where the file is missing."""
+    mappings of ``/proc/self/smaps`` that overlap ``[address, end)`` (``end``: address + 1), summed,
+    in bytes; {} where the file is missing. (A range can span several mappings: madvise on part of
+    a mapping splits it, as numpy's advice on its large arrays does.)"""
     out, inside = {}, address is None
+    end = address + 1 if address is not None and end is None else end
     try:
         with open(path) as f:
             for line in f:
                 head = line.split(None, 1)[0] if line.strip() else ""
                 if address is not None and "-" in head and not head.endswith(":"):
                     lo, hi = (int(x, 16) for x in head.split("-"))
-                    if inside:
-                        break  # past the mapping we wanted
-                    inside = lo <= address < hi
+                    if lo >= end:
+                        break  # past the range (smaps lists the mappings in address order)
+                    inside = lo < end and address < hi
                     continue
                 if inside and head.rstrip(":") in fields:
-                    out[head.rstrip(":")] = int(line.split()[1]) * 1024
+                    key = head.rstrip(":")
+                    out[key] = out.get(key, 0) + int(line.split()[1]) * 1024
     except (OSError, ValueError):
         return {}
     return out
@@ -112,10 +117,12 @@ def anon_huge_pages() -> int:
 
 
 def huge_page_bytes(t: torch.Tensor) -> int:
-    """Bytes of the mapping holding ``t``'s memory that lie on transparent huge pages
-    (``AnonHugePages`` of its /proc/self/smaps entry); -1 where the OS does not say."""
-    return _smaps_fields("/proc/self/smaps", ("AnonHugePages",), t.data_ptr()).get(
-        "AnonHugePages", -1)
+    """Bytes of the mappings holding ``t``'s memory that lie on transparent huge pages
+    (``AnonHugePages`` of every /proc/self/smaps entry that ``t``'s bytes overlap, summed: a
+    mapping may extend beyond ``t``); -1 where the OS does not say."""
+    start = t.data_ptr()
+    return _smaps_fields("/proc/self/smaps", ("AnonHugePages",), start,
+                         start + max(t.nbytes, 1)).get("AnonHugePages", -1)
 
 
 def flatten(tensors, out: torch.Tensor | None = None) -> torch.Tensor:

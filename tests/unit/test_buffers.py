@@ -77,6 +77,27 @@ def test_no_advice_no_huge_pages(monkeypatch):
     assert t.data_ptr() % (2 * MiB) == 0 and huge_page_bytes(t) == 0
 
 
+def test_huge_page_bytes_counts_every_mapping_a_tensor_spans():
+    """Advice on part of a private mapping splits it (numpy advises its large arrays so): a
+    tensor whose first bytes lie in the unadvised head still has its huge pages counted."""
+    if thp_mode() != "madvise":
+        pytest.skip(f"THP mode is '{thp_mode()}', not 'madvise': the advice is not what decides")
+    m = mmap.mmap(-1, 12 * MiB, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    raw = torch.frombuffer(m, dtype=torch.uint8)
+    head = (-raw.data_ptr()) % (2 * MiB)                  # the advised range starts 2 MiB-aligned,
+    if head < 4096:                                       # after an unadvised head of >= 1 page
+        head += 2 * MiB
+    m.madvise(mmap.MADV_HUGEPAGE, head, 8 * MiB)
+    raw.fill_(1)
+    first = _mapping_of(raw.data_ptr())[1]
+    assert first == 0                                     # the head mapping alone: no huge pages
+    assert huge_page_bytes(raw) >= 2 * MiB, huge_page_bytes(raw)
+    assert huge_page_bytes(raw[:4096]) == 0               # only the head's mapping
+    del raw
+    gc.collect()
+    m.close()
+
+
 def test_fallback_when_the_mapping_is_refused(monkeypatch):
     def refuse(*a, **k):
         raise OSError(12, "Cannot allocate memory")
