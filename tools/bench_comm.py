@@ -33,7 +33,10 @@ Allreduce of 1M and 25M float32 (``--allreduce``): mpi4py ``Allreduce`` on numpy
 
 Then it prints the ratios and whether each goal holds (issue 15): mpidist >= 0.95x numpy's
 bandwidth for every size >= 1 MiB; >= 2x naive torch's for 1-16 MiB; at most 1.0 us added one way
-at 1 KiB over numpy, tracing on. Last (``--no-mpi4py-bench`` skips it) rank 0 runs
+at 1 KiB over numpy, tracing on (and the same on the persistent requests' path). Per size, the
+latency table says how many bytes of mpidist's receive buffer and of the numpy way's lie on
+transparent huge pages (numpy advises them itself for arrays from 4 MiB, when the kernel has
+them to give). Last (``--no-mpi4py-bench`` skips it) rank 0 runs
 ``mpiexec -n 2 python -m mpi4py.bench pingpong`` as a subprocess, while rank 1 sleeps, and prints
 its figures beside the numpy way's.
 
@@ -135,6 +138,7 @@ class Ways:
 
         a, b = np.empty(n, np.float32), np.empty(n, np.float32)
         a.fill(rank)
+        self.np_recv = b  # its huge pages (numpy advises them itself from 4 MiB): after the run
         w["numpy"] = (lambda: world.Isend(a, peer, 1).Wait(), lambda: world.Irecv(b, peer, 1).Wait())
         self.checks.append(("numpy", lambda: b[-1] == peer))
 
@@ -196,7 +200,7 @@ def bench_p2p(sizes, comm, quiet, gloo, scale, rounds) -> list[dict]:
     for nbytes in sizes:
         ways = Ways(nbytes, comm, quiet, gloo)
         row = {"bytes": nbytes, **ways.run(reps_for(nbytes, scale), rounds),
-               "huge": ways.huge}
+               "huge": ways.huge, "huge_np": huge_page_bytes(torch.from_numpy(ways.np_recv))}
         rows.append(row)
         comm.trace.maybe_flush()
         if rank == 0:
@@ -360,11 +364,12 @@ def report(p2p, ar, cuda, pp, gloo_note, hp, bound="unpinned"):
     print(f"transparent huge pages: {thp_mode()}; AnonHugePages of rank 0: {hp[0] >> 10} kB at "
           f"start, {hp[1] >> 10} kB with the buffers of the last size")
     print("one-way latency (us)")
-    print(f"{'size':>8} " + " ".join(f"{w:>15}" for w in ways) + f" {'huge pages':>11}")
+    print(f"{'size':>8} " + " ".join(f"{w:>15}" for w in ways) + f" {'huge pages':>11}"
+          f" {'numpy huge':>11}")
     for r in p2p:
-        hpage = "-" if r["huge"] < 0 else f"{r['huge'] >> 10} kB"
+        hpage, nppage = ("-" if h < 0 else f"{h >> 10} kB" for h in (r["huge"], r["huge_np"]))
         print(f"{label(r['bytes']):>8} " + " ".join(f"{r[w] * 1e6:15.2f}" for w in ways)
-              + f" {hpage:>11}")
+              + f" {hpage:>11} {nppage:>11}")
     print("bandwidth (GB/s) and ratios (mpidist = traced, zero-copy)")
     print(f"{'size':>8} " + " ".join(f"{w:>15}" for w in ways)
           + f" {'md/numpy':>9} {'md/torch':>9} {'md-notr/np':>10}"
@@ -511,7 +516,7 @@ def main():
     if rank == 0:
         report(p2p, ar, cuda, pp, gloo_note, (hp0, hp1), bound)
         if args.csv:
-            ways = [w for w in p2p[0] if w not in ("bytes", "huge")]  # medians, then p10s
+            ways = [w for w in p2p[0] if w not in ("bytes", "huge", "huge_np")]  # medians, p10s
             with open(args.csv, "w") as f:
                 f.write("bytes," + ",".join(f"{w}_s" for w in ways) + "\n")
                 for r in p2p:
