@@ -117,12 +117,14 @@ def anon_huge_pages() -> int:
 
 
 def huge_page_bytes(t: torch.Tensor) -> int:
-    """Bytes of the mappings holding ``t``'s memory that lie on transparent huge pages
-    (``AnonHugePages`` of every /proc/self/smaps entry that ``t``'s bytes overlap, summed: a
-    mapping may extend beyond ``t``); -1 where the OS does not say."""
+    """Bytes of ``t`` on transparent huge pages: ``AnonHugePages`` of every /proc/self/smaps entry
+    that ``t``'s bytes overlap, summed, at most ``t``'s size (exact when all of ``t`` is on them;
+    else an upper bound, since the kernel merges neighbouring mappings and smaps counts a
+    mapping as a whole); -1 where the OS does not say."""
     start = t.data_ptr()
-    return _smaps_fields("/proc/self/smaps", ("AnonHugePages",), start,
+    huge = _smaps_fields("/proc/self/smaps", ("AnonHugePages",), start,
                          start + max(t.nbytes, 1)).get("AnonHugePages", -1)
+    return min(huge, t.nbytes)
 
 
 def flatten(tensors, out: torch.Tensor | None = None) -> torch.Tensor:

@@ -47,7 +47,7 @@ def test_large_buffers_are_private_aligned_and_on_huge_pages():
     t.fill_(1.5)  # touch: the pages come now
     perms, huge = _mapping_of(t.data_ptr())
     assert perms.endswith("p"), f"mapping {perms}: not private"
-    assert huge == huge_page_bytes(t) and huge >= 8 * MiB, huge  # every byte of it
+    assert huge_page_bytes(t) == 8 * MiB and huge >= 8 * MiB, huge  # every byte of it
     assert anon_huge_pages() - before >= 8 * MiB
     assert t.sum().item() == 1.5 * 2 * MiB
 
