@@ -11,10 +11,11 @@ tools/profile_step.py --worker <algorithm> ...``; each rank runs ``python -m mpi
 cluster of 2) in-process under a **sampling profiler**: a timer signal (``SIGALRM`` every
 ``--interval`` seconds, default 0.5 ms) whose handler reads the main thread's Python stack and
 charges the wall time since the previous sample to it. Python runs the handler in the main thread
-at its next bytecode, so a long C call (a torch kernel, an MPI call) is charged to the line that
-made it, and no sampling thread competes with the ranks for the 2 cores or the GIL; the handler's
-own time is left out of every total. (An estimate, not a trace: ~0.5 ms resolution, so
-fractions below 1 % move by a few tenths between runs.)
+at its next bytecode check, so the time of a long C call (a torch kernel, an MPI call) goes to the
+line that made it or, when that check comes only in the caller, to the line after it; no sampling
+thread competes with the ranks for the 2 cores or the GIL; the handler's own time is left out of
+every total. (An estimate, not a trace: ~0.5 ms resolution, and the split between neighbouring
+lines uncertain, so fractions below 1 % move by a few tenths between runs.)
 
 The window is the steps themselves: from the end of the first step to the start of the last
 step's ``mpidist.loop.Loop.end_step`` (the steps between with their own ``end_step``: progress,
@@ -113,9 +114,9 @@ def overhead(totals: dict) -> float:
 class Sampler:
     """Wall time charged to the main thread's classified stack, inside the window, by a timer
     signal (``SIGALRM`` every ``interval`` seconds, ``setitimer``): Python runs the handler in the
-    main thread at its next bytecode, so a long C call (a torch kernel, a blocking MPI call) is
-    charged to the line that made it, and no sampling thread competes for the 2 cores or the GIL.
-    The handler's own time is left out of every total."""
+    main thread at its next bytecode check, so a long C call is charged to the line that made it
+    or to the line after it (see the module's docstring), and no sampling thread competes for the
+    2 cores or the GIL. The handler's own time is left out of every total."""
 
     def __init__(self, interval: float):
         self.interval = interval
