@@ -116,6 +116,16 @@ def pingpong(send, recv, reps: int) -> list:
     return times
 
 
+def loop_ns(n: int = 20000) -> float:
+    """Nanoseconds per iteration of an empty Python loop: how fast this core runs Python just
+    now. On the 2-core VM the same process saw 12 to 19.5 ns within a minute (the host's doing),
+    and mpidist's per-message cost, which is Python, moves with it."""
+    t = time.perf_counter()
+    for _ in range(n):
+        pass
+    return (time.perf_counter() - t) / n * 1e9
+
+
 def rotated(names: list, r: int) -> list:
     """The ways' order in round ``r``: each round starts one way later, so that no way always
     follows the same one. In a fixed order the traced mpidist way, which always came right after
@@ -221,7 +231,9 @@ class Ways:
         samples = {w: [] for w in self.ways}
         per = max(2, reps // rounds)
         names = list(self.ways)
+        speed = []
         for r in range(rounds):
+            speed.append(loop_ns())
             for w in rotated(names, r):
                 send, recv = self.ways[w]
                 world.Barrier()
@@ -235,6 +247,7 @@ class Ways:
         out.update({f"{w}:p10": float(np.percentile(np.concatenate(t), 10))
                     for w, t in samples.items()})
         out.update({f"{w}:rounds": t for w, t in samples.items()})
+        out["loop_ns"] = speed
         return out
 
 
@@ -454,6 +467,10 @@ def report(p2p, ar, cuda, pp, gloo_note, hp, bound="unpinned"):
           f"({a:.2f} us [{lo:.2f}, {hi:.2f}]; tracing off {added['mpidist-notrace'][0]:.2f} us; "
           f"with the snapshot copy {added['mpidist+snap'][0]:.2f} us; persistent requests, traced, "
           f"{added['mpidist-persistent'][0]:.2f} us)")
+    sp = r["loop_ns"]
+    print(f"    this core's Python speed in those rounds (rank 0, tools' loop_ns): median "
+          f"{np.median(sp):.1f} ns per empty loop iteration, {min(sp):.1f}-{max(sp):.1f}; over "
+          f"the whole run {np.median([x for q in p2p for x in q['loop_ns']]):.1f}")
     low = {w: (r[w + ":p10"] - r["numpy:p10"]) * 1e6 for w in added}
     print(f"    the same from the 10th percentiles (less scheduling noise): {low['mpidist']:.2f} us; "
           f"off {low['mpidist-notrace']:.2f}; snapshot {low['mpidist+snap']:.2f}; persistent "
@@ -564,7 +581,7 @@ def main():
     if rank == 0:
         report(p2p, ar, cuda, pp, gloo_note, (hp0, hp1), bound)
         if args.csv:
-            ways = [w for w in p2p[0] if w not in ("bytes", "huge", "huge_np")
+            ways = [w for w in p2p[0] if w not in ("bytes", "huge", "huge_np", "loop_ns")
                     and not w.endswith(":rounds")]  # medians, p10s
             with open(args.csv, "w") as f:
                 f.write("bytes," + ",".join(f"{w}_s" for w in ways) + "\n")
