@@ -35,6 +35,9 @@ def test_bench_comm_report_format():
     assert m, out
     lo, hi = map(float, m.group(3, 4))
     assert m.group(1) == ("HOLDS" if hi <= 1 else "FAILS" if lo > 1 else "UNRESOLVED"), out
+    assert re.search(r"^    this core's Python speed in those rounds \(rank 0, tools' loop_ns\): median "
+                     r"[\d.]+ ns per empty loop iteration, [\d.]+-[\d.]+; over the whole run "
+                     r"[\d.]+$", out, re.M), out
     assert re.search(r"^    the same from the 10th percentiles \(less scheduling noise\): "
                      r"-?[\d.]+ us; off -?[\d.]+; snapshot -?[\d.]+; persistent -?[\d.]+ "
                      r"\(numpy [\d.]+ us one way\)$", out, re.M), out
