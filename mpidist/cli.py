@@ -274,24 +274,28 @@ def parser(algorithm: str, description: str) -> ArgumentParser:
 
 
 def training(p: ArgumentParser, title: str, default_steps: int | None = None,
-             unit: str = "steps", eval_default: str = "ten times per run", positive: bool = False,
+             unit: str = "steps", eval_default: str = "ten times per run",
              epochs: bool = True, eval_every: int = 0, eval_positive: bool = False,
-             steps_help: str | None = None, eval_help: str | None = None) -> argparse._ArgumentGroup:
+             steps_help: str | None = None, eval_help: str | None = None,
+             epochs_help: str | None = None) -> argparse._ArgumentGroup:
     """The algorithm's group, with the run length (``--steps`` / ``--epochs``) and the evaluation
-    cadence (``--eval-every``). ``unit`` names a step in the paper's words (iterations, ...);
-    ``positive``: 0 steps or epochs are refused; ``eval_positive``: 0 for ``--eval-every`` too;
+    cadence (``--eval-every``). ``unit`` names a step in the paper's words (iterations, ...).
+    ``--steps`` and ``--epochs`` refuse 0 and negatives alike in every algorithm (not given: None,
+    so that code tests ``is None``, never a 0); ``eval_positive``: 0 for ``--eval-every`` too;
     ``epochs=False``: the algorithm counts steps only (``--epochs`` is not offered);
     ``eval_every``: the default of ``--eval-every`` (0: ``eval_default`` says what happens)."""
     g = p.add_argument_group(title)
-    count, amount = (positive_int, positive_float) if positive else (nonneg_int, nonneg_float)
-    dflt = f"default {default_steps}" if default_steps else "default: see --epochs"
-    g.add_argument("--steps", "-I", "--iterations", dest="steps", type=count,
+    if default_steps:
+        dflt = f"default {default_steps}" + (" unless --epochs is given" if epochs else "")
+    else:
+        dflt = "default: from --epochs" if epochs else "no default"
+    g.add_argument("--steps", "-I", "--iterations", dest="steps", type=positive_int,
                    default=None if epochs else default_steps, metavar="T",
-                   help=steps_help or f"number of {unit} ({dflt}"
-                                      + (", or from --epochs)" if epochs else ")"))
+                   help=steps_help or f"number of {unit} ({dflt})")
     if epochs:
-        g.add_argument("--epochs", type=amount, default=None,
-                       help="train this many passes over the data instead of --steps")
+        g.add_argument("--epochs", type=positive_float, default=None,
+                       help=epochs_help or "train this many passes over the data instead of "
+                                           "--steps")
     g.add_argument("--eval-every", "--score-every", dest="eval_every",
                    type=positive_int if eval_positive else nonneg_int,
                    default=eval_every, metavar="STEPS",

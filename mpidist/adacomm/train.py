@@ -28,9 +28,9 @@ from .worker import Trainer, search_tau0
 def phase_steps(steps, epochs, steps_per_epoch: float) -> int | None:
     """Local steps of the training phase: ``--steps``, or the first count k whose epoch
     ``k / steps_per_epoch`` reaches ``--epochs`` (the smaller of the two); None when neither is
-    given (0 = no limit)."""
-    limits = [int(steps)] if steps else []
-    if epochs:
+    given (the time budget ends the run)."""
+    limits = [int(steps)] if steps is not None else []
+    if epochs is not None:
         k = max(0, int(epochs * steps_per_epoch) - 1)
         while k / steps_per_epoch < epochs:
             k += 1

@@ -19,8 +19,8 @@ x_i <- sum_j W_ij x_j - eta g_i(x_i)."""
 def build_parser() -> cli.ArgumentParser:
     p = cli.parser("dpsgd", ABOUT)
     g = cli.training(p, "D-PSGD (Algorithm 1)", default_steps=DEFAULT_STEPS, unit="iterations k")
-    cli.model_flags(g, default="cnn", what="the network whose parameters are x (a name, or "
-                    "your own MODULE:FUNCTION(in_shape, num_classes, **model_args))")
+    cli.model_flags(g, default="cnn", what="the network whose parameters are x: a name, or "
+                    "your own MODULE:FUNCTION(in_shape, num_classes, **model_args)")
     cli.loss_flag(g)
     cli.lr_flags(g, default=0.1, what="eta, the step size of line 5")
     g.add_argument("--batch-size", type=cli.positive_int, default=16, metavar="M",

@@ -129,7 +129,7 @@ def build_parser() -> cli.ArgumentParser:
                    help="Adam beta2 of both sides (default 0.999)")
     g.add_argument("--model", "--arch", dest="model", type=arch, default="small",
                    metavar="{" + ",".join(gan_models.ARCHS) + "}",
-                   help="G and D: small (CPU default, 16x16), mlp and cnn-mnist (the paper's "
+                   help="G and D: small (16x16, quick on a CPU), mlp and cnn-mnist (the paper's "
                         "MNIST networks, 28x28), cnn-cifar (the paper's CIFAR-10 networks, "
                         "3x32x32) (default small)")
     g.add_argument("--generator", type=spec, default=None, metavar="MODULE:FUNCTION",

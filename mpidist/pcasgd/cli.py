@@ -47,11 +47,11 @@ it out (clipping step), taking the update better aligned with -gradient (Eq. 12)
 def build_parser() -> cli.ArgumentParser:
     p = cli.parser("pcasgd", ABOUT)
     g = cli.training(p, "PC-ASGD (Algorithm 1, Eq. 2, Eq. 12)", default_steps=DEFAULT_STEPS,
-                     unit="iterations t", positive=True)
+                     unit="iterations t")
     g.add_argument("--variant", choices=list(VARIANTS), default="pc",
                    help="pc: PC-ASGD, theta_t by the criterion of Eq. 12; p: P-ASGD (theta = 1, "
                         "predicting only); c: C-ASGD (theta = 0, clipping only); dasgd: the "
-                        "D-ASGD baseline (stale neighbour parameters used as they are) "
+                        "D-ASGD baseline, stale neighbour parameters used as they are "
                         "(default pc)")
     g.add_argument("--theta", type=cli.unit_float, default=None,
                    help="fix the tradeoff parameter theta_t in [0, 1] of line 8 (with --variant pc; "

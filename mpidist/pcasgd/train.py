@@ -72,7 +72,8 @@ def train(run) -> None:
                                                               a.seed, own)
     shard = data.Shard(tk.train, rank, n, a.batch_size, a.seed, dev, indices=idx)
     steps_per_epoch = max(1, (len(tk.train) // n) // a.batch_size)
-    steps = a.steps or (max(1, round(a.epochs * steps_per_epoch)) if a.epochs else DEFAULT_STEPS)
+    steps = (a.steps if a.steps is not None else
+             max(1, round(a.epochs * steps_per_epoch)) if a.epochs is not None else DEFAULT_STEPS)
     eval_every = a.eval_every or max(1, steps // 10)
     test_x, test_y = tk.test.x.to(dev), tk.test.y.to(dev)
 

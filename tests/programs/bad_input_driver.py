@@ -112,8 +112,8 @@ SIZE_FLAGS = {
         ("--lr-milestones", "0", "> 0"), ("--lr-milestones", "-1", "> 0"),
         ("--lr-decay", "0", POS_FLOAT), ("--lr-decay", "-1", POS_FLOAT),
         ("--batch-size", "0", POS_INT), ("--batch-size", "-1", POS_INT),
-        ("--time-budget", "-1", NONNEG), ("--steps", "-1", NONNEG), ("--steps", "x", "invalid"),
-        ("--epochs", "-1", NONNEG),
+        ("--time-budget", "-1", NONNEG), ("--steps", "0", POS_INT), ("--steps", "-1", POS_INT),
+        ("--steps", "x", "invalid"), ("--epochs", "0", POS_FLOAT), ("--epochs", "-1", POS_FLOAT),
     ],
     "dada": [
         ("--steps", "0", POS_INT), ("--steps", "-1", POS_INT), ("--steps", "x", "invalid"),
@@ -183,8 +183,8 @@ def _cases() -> list[Case]:
     for algo in ("pcasgd", "adacomm"):
         add(f"{algo}:--lr=inf", algo, ["--lr", "inf"], "argument --lr: must be a finite number",
             kind="size")
-    add("adacomm:no-stopping-rule", "adacomm", ["--steps", "0", "--time-budget", "0"],
-        "no stopping rule", kind="size")
+    add("adacomm:no-stopping-rule", "adacomm", [], "no stopping rule", kind="size")
+    out[-1].argv[:2] = []  # no --steps, and the base's --time-budget 0
     add("adacomm:--model-arg=width=-1", "adacomm", ["--model-arg", "width=-1"],
         ["--model cnn", "width=-1"], kind="size")
     add("adacomm:--model-arg=bogus=3", "adacomm", ["--model-arg", "bogus=3"],

@@ -1,0 +1,89 @@
+"""The run-length flags of every algorithm: ``--steps`` and ``--epochs`` refuse 0 and negatives
+alike, through the same path as any usage error (one line on rank 0, exit 2), and no ``--help``
+line states its default twice.
+
+In-process, a world of 1: parsing comes before any world-size check, so the entry points'
+``main(argv)`` refuse these before they need ranks. tests/mpi/test_bad_input.py launches the
+same refusals at 2 ranks for the entry points in its table.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import re
+
+import pytest
+
+from mpidist.algorithms import ALGORITHMS
+
+POS_INT = "must be a positive integer, got {v}"
+POS_FLOAT = "must be > 0, got {v}"
+
+# (algorithm, flag as typed, value, words of the one-line error)
+CASES = [(algo, flag, value, words.format(v=value))
+         for algo in sorted(ALGORITHMS)
+         for flag, words in (("--steps", POS_INT), ("-I", POS_INT), ("--epochs", POS_FLOAT))
+         for value in ("0", "-3")]
+
+
+def _parser(algo: str):
+    mod = importlib.import_module(f"mpidist.{algo}.cli")
+    return getattr(mod, "build_parser", None) or mod.make_parser
+
+
+@pytest.mark.parametrize("algo, flag, value, words", CASES,
+                         ids=[f"{c[0]}:{c[1]}={c[2]}" for c in CASES])
+def test_zero_or_negative_run_length_is_a_usage_error(algo, flag, value, words, capsys):
+    """``main([flag, value])``: SystemExit(2) and one line ``mpidist.<algo>: error: argument
+    <flag>: <words>``, as PC-ASGD always did; never a run of 0 steps or of the default length."""
+    mod = importlib.import_module(f"mpidist.{algo}.cli")
+    with pytest.raises(SystemExit) as e:
+        mod.main([flag, value, "--quiet"])
+    assert e.value.code == 2
+    out, err = capsys.readouterr()
+    assert err.splitlines() == [f"mpidist.{algo}: error: argument {flag}: {words}"], err
+    assert out == ""
+
+
+def test_run_length_given_is_never_none_and_not_given_is_none():
+    """The parsers keep "not given" (None) apart from any number, so that ``is None`` is the test
+    everywhere (a 0 could not reach a truthiness test, but a default must not hide as one)."""
+    for algo in ("pcasgd", "dpsgd", "adacomm"):
+        a = _parser(algo)().parse_args([])
+        assert a.steps is None and a.epochs is None, algo
+        a = _parser(algo)().parse_args(["--steps", "1"])
+        assert a.steps == 1, algo
+
+
+def test_adacomm_with_steps_and_no_time_budget_has_a_stopping_rule():
+    from mpidist.adacomm import cli as A
+    a = A.make_parser().parse_args(["--steps", "1", "--time-budget", "0"])
+    assert A.check(a, 2) is None
+    a = A.make_parser().parse_args(["--time-budget", "0"])
+    assert "no stopping rule" in A.check(a, 2)
+
+
+def test_adacomm_phase_steps_takes_the_smaller_limit():
+    from mpidist.adacomm import phase_steps
+    assert phase_steps(None, None, 10.0) is None          # the time budget ends the run
+    assert phase_steps(7, None, 10.0) == 7
+    assert phase_steps(None, 0.5, 10.0) == 5
+    assert phase_steps(30, 0.5, 10.0) == 5 and phase_steps(3, 0.5, 10.0) == 3
+
+
+@pytest.mark.parametrize("algo", sorted(ALGORITHMS))
+def test_help_states_each_default_once(algo):
+    """No flag's help says "default" twice (as AdaComm's --time-budget did: "(0 = none; the
+    default stopping rule) (default 30)")."""
+    for action in _parser(algo)()._actions:
+        if action.help and action.help != argparse.SUPPRESS:
+            assert len(re.findall(r"\bdefault", action.help, re.I)) <= 1, \
+                (action.option_strings, action.help)
+
+
+def test_adacomm_help_says_when_the_run_stops():
+    from mpidist.adacomm import cli as A
+    helps = {a.dest: a.help for a in A.make_parser()._actions}
+    assert "see --epochs" not in helps["steps"] and "no step limit" in helps["steps"]
+    assert "whichever of --time-budget, --steps and --epochs comes first" in helps["time_budget"]
+    assert "stops after 30 s" in helps["time_budget"]
