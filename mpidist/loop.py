@@ -81,12 +81,30 @@ def checkpoint_due(every: int, done: int, last_done: int) -> bool:
     return bool(every) and done // every > last_done // every
 
 
+#: a time-left estimate needs this many steps and seconds measured in this process (the first
+#: steps carry warm-up, a source's pre-training, a resumed run's start: not the pace of the rest)
+ESTIMATE_STEPS = 3
+ESTIMATE_SECONDS = 1.0
+
+
+def time_left(now: float, done: int, total: int, since: tuple[float, int]) -> float | None:
+    """Seconds until ``total`` steps, at the pace measured from ``since = (time, steps done)`` to
+    ``(now, done)``; None while fewer than ESTIMATE_STEPS steps or ESTIMATE_SECONDS seconds were
+    measured (an estimate from one step can be off by hours)."""
+    t0, done0 = since
+    if done - done0 < ESTIMATE_STEPS or now - t0 < ESTIMATE_SECONDS:
+        return None
+    return (now - t0) / (done - done0) * max(total - done, 0)
+
+
 class Progress:
     """The one progress printer: a line on rank 0 at most every ``--progress-seconds`` (always with
-    ``force``), never with ``--quiet`` unless forced."""
+    ``force``), never with ``--quiet`` unless forced. A run of known length shows the time ``left``
+    (:func:`time_left`, measured from this printer's first call); the papers' eta is the learning
+    rate, which the headers show."""
 
     def __init__(self, run):
-        self.run, self._next = run, 0.0
+        self.run, self._next, self._since = run, 0.0, None
 
     def __call__(self, done: int, total: int | None, force: bool = False, unit: str = "step",
                  **values) -> None:
@@ -94,6 +112,8 @@ class Progress:
         if run.rank != 0 or (run.args.quiet and not force):
             return
         now = time.monotonic()
+        if self._since is None:
+            self._since = (now, done)
         if not force and now < self._next:
             return
         self._next = now + run.args.progress_seconds
@@ -101,10 +121,10 @@ class Progress:
         vals = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                         for k, v in values.items())
         if total:
-            frac = done / total
-            eta = elapsed / frac - elapsed if frac > 0 else float("nan")
-            print(f"[0] {unit} {done}/{total} ({100 * frac:3.0f}%) {vals} | {elapsed:.1f} s, "
-                  f"eta {eta:.0f} s", flush=True)
+            left = time_left(now, done, total, self._since)
+            print(f"[0] {unit} {done}/{total} ({100 * done / total:3.0f}%) {vals} | "
+                  f"{elapsed:.1f} s" + (f", left {left:.0f} s" if left is not None else ""),
+                  flush=True)
         else:
             print(f"[0] {unit} {done} {vals} | {elapsed:.1f} s", flush=True)
 

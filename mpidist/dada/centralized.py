@@ -15,6 +15,7 @@ from ..errors import UsageError
 from ..loop import Loop
 from .nodes import (SourceNode, StepContext, TargetNode, build_discriminator, build_source,
                     check_networks, describe_networks, uses_user_parts)
+from .report import setup_centralized
 from .rules import adam
 from .tasks import load_domain, num_targets
 
@@ -53,6 +54,8 @@ def adapt_centralized(args, device, run=None, on_step=None, cache: dict | None =
     ctx = StepContext(fpD, None, targets)
     # one process: the loop never meets (--centralized refuses checkpoints)
     loop = Loop(run, total=args.steps, first_step=1, meet_every=0) if run is not None else None
+    if run is not None:
+        run.say(setup_centralized(args))
     t_adapt = time.perf_counter()
     for n in loop if loop is not None else range(1, args.steps + 1):
         feats = torch.cat([source.features()] + [t.features() for t in targets])

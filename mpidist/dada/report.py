@@ -40,13 +40,25 @@ def user_lines(networks: str | None, domains) -> list[str]:
     return lines
 
 
+def setup_distributed(args, strategy, k: int, domains=None, networks: str | None = None) -> list[str]:
+    """What a distributed run does: rank 0's header before its first step, and the head of its
+    summary."""
+    return [f"DADA {strategy.name} (p = {strategy.period}), {args.steps} steps, "
+            f"{task_words(args)}, 1 source + {k} target(s)",
+            *(user_lines(networks, domains) if networks else [])]
+
+
+def setup_centralized(args) -> str:
+    """What a ``--centralized`` run does: its header, and the head of its summary."""
+    return (f"ADDA centralized (one process, one discriminator), {args.steps} steps, "
+            f"{task_words(args)}")
+
+
 def summary_distributed(run, args, strategy, res, k: int, domains=None,
                         networks: str | None = None) -> None:
     task = TASKS[args.task]
     labels = {r: d[0] for r, d in enumerate(domains)} if domains and user_domains(args) else None
-    lines = [f"DADA {strategy.name} (p = {strategy.period}), {args.steps} steps, "
-             f"{task_words(args)}, 1 source + {k} target(s)",
-             *(user_lines(networks, domains) if networks else []),
+    lines = [*setup_distributed(args, strategy, k, domains, networks),
              *accuracy_lines(task, res, "target rank", labels)]
     lines.append(
         f"bytes exchanged after the initial transfer: {res['syncs']} sync-ups x "
@@ -62,8 +74,7 @@ def summary_distributed(run, args, strategy, res, k: int, domains=None,
 def summary_centralized(run, res) -> None:
     args, task = run.args, TASKS[run.args.task]
     labels = {i + 1: lb for i, lb in enumerate(res["labels"][1:])} if user_domains(args) else None
-    lines = [f"ADDA centralized (one process, one discriminator), {args.steps} steps, "
-             f"{task_words(args)}",
+    lines = [setup_centralized(args),
              *([f"networks: {res['networks']}"] if res.get("networks") else []),
              *accuracy_lines(task, res, "target", labels)]
     lines.append("bytes exchanged: 0 (one process)")

@@ -16,7 +16,7 @@ from ..loop import Loop
 from .exchange import agreed, gather_domains, report_accuracies
 from .nodes import (SourceNode, StepContext, TargetNode, build_discriminator, build_network,
                     build_source, check_networks, describe_networks, uses_user_parts)
-from .report import summary_distributed
+from .report import setup_distributed, summary_distributed
 from .rules import adam, make_strategy
 from .sync import DiscriminatorSync
 
@@ -102,6 +102,7 @@ def adapt_distributed(run, on_step=None, cache: dict | None = None, summary: boo
     ctx = StepContext(sync.fp, sync.rule, node, sync.exchange, sync)
     loop = Loop(run, total=args.steps, first_step=1, meet_every=sync.meet_every,
                 state=lambda n: checkpoint_state(n, sync, node, fixed))
+    run.say(*setup_distributed(args, strategy, k, domains, described))
     last = loop.first - 1
     t_adapt = time.perf_counter()
     for n in loop:

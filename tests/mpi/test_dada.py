@@ -75,7 +75,9 @@ def test_entry_point_two_ranks(checks):
     proc, out_dir = checks(2)
     out = check(proc)
     tdir = os.path.join(str(out_dir), "cli")
-    tail = out[out.index("DADA ga (p = 2), 40 steps"):]
+    header = "DADA ga (p = 2), 40 steps, task digits-rot"
+    assert out.count(header) == 2 and out.index(header) < out.index("[0] step 1/40 ")  # as others
+    tail = out[out.rindex(header):]                                                    # summary
     assert re.search(r"target rank 1 \(30 deg\): source-only [\d.]+% -> adapted [\d.]+%", tail)
     assert "20 sync-ups x 2.006 MB" in tail
     assert f"trace: {tdir}" in tail

@@ -72,3 +72,34 @@ def test_resume_mismatch_names_the_changed_flags():
                         "of the interrupted run)"), msg
     assert "--steps" in resume_mismatch(saved, {**saved, "steps": 6}, frozenset())
     assert resume_mismatch(saved, {"lr": 0.1}, frozenset()) is None  # flags it does not know
+
+
+def test_time_left_waits_for_a_measured_pace():
+    """No estimate from the first steps (the audit saw "step 1/1500 ... 6515 s" for a 25 s run:
+    start-up and pre-training counted as one step's time); then the pace since the first call."""
+    from mpidist.loop import ESTIMATE_STEPS, time_left
+    since = (100.0, 1)                                 # first call: after step 1, at t = 100 s
+    assert time_left(100.0, 1, 1500, since) is None
+    assert time_left(100.5, ESTIMATE_STEPS + 1, 1500, since) is None   # steps, but < 1 s
+    assert time_left(200.0, ESTIMATE_STEPS, 1500, since) is None       # seconds, but too few steps
+    assert time_left(102.0, 21, 1500, since) == pytest.approx(0.1 * 1479)  # 20 steps in 2 s
+    assert time_left(102.0, 1600, 1500, since) == 0.0
+
+
+def test_progress_line_says_left_not_eta(monkeypatch, capsys):
+    """Rank 0's progress: ``| <elapsed> s, left <s> s`` once the pace is known; never ``eta``
+    (the papers' learning rate, shown in the headers)."""
+    import types
+    from mpidist import loop
+    clock = [0.0]
+    monkeypatch.setattr(loop.time, "monotonic", lambda: clock[0])
+    run = types.SimpleNamespace(rank=0, args=types.SimpleNamespace(quiet=False, progress_seconds=0),
+                                comm=types.SimpleNamespace(clock=lambda: 5.0 + clock[0]))
+    progress = loop.Progress(run)
+    for done in range(1, 12):                          # 10 steps of 0.25 s after the first call
+        progress(done, 100, loss=0.5)
+        clock[0] += 0.25
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "[0] step 1/100 (  1%) loss 0.5 | 5.0 s"
+    assert lines[-1] == "[0] step 11/100 ( 11%) loss 0.5 | 7.5 s, left 22 s"   # 89 x 0.25 s
+    assert not any(" eta " in ln for ln in lines)
