@@ -68,14 +68,24 @@ def parse_clusters(text: str) -> tuple[int, ...]:
 
 
 def default_clusters(n: int) -> tuple[int, ...]:
-    """The paper's reliable clusters for 5, 8 and 20 agents (Sec. 5.2); else TopologyError."""
+    """The reliable clusters when none are given: the paper's network for 5, 8 and 20 agents
+    (Sec. 5.2), two halves of consecutive ranks for any other ``n >= 2`` (:func:`default_note`
+    says so); TopologyError for one agent (no neighbour, no cluster to be late)."""
     if n in PAPER_NETWORKS:
         return PAPER_NETWORKS[n][1]
-    known = ", ".join(f"{k} agents: {','.join(map(str, v[1]))} ({v[0]})"
-                      for k, v in sorted(PAPER_NETWORKS.items()))
-    raise TopologyError(f"no default reliable clusters for {n} agents (the paper's: {known}); "
-                        f"give --clusters with sizes that sum to {n}, e.g. --clusters "
-                        f"{','.join(map(str, _split_two(n)))}")
+    if n < 2:
+        raise TopologyError(f"no default reliable clusters for {n} agent(s): PC-ASGD needs 2 or "
+                            f"more (the paper's networks have 5, 8 and 20); give --clusters {n}")
+    return _split_two(n)
+
+
+def default_note(n: int) -> str | None:
+    """The line to print when :func:`default_clusters` chose clusters the paper does not have
+    (None for the paper's networks)."""
+    if n in PAPER_NETWORKS or n < 2:
+        return None
+    return (f"clusters {','.join(map(str, default_clusters(n)))} (no network of the paper for "
+            f"{n} agents; --clusters to choose)")
 
 
 def _split_two(n: int) -> tuple[int, ...]:

@@ -87,7 +87,8 @@ def build_parser() -> cli.ArgumentParser:
     t.add_argument("--clusters", default=None, metavar="SIZES",
                    help="sizes of the reliable clusters of consecutive ranks, e.g. 3,5; their sum "
                         "must equal the number of ranks (default: the paper's network for 5, 8 or "
-                        "20 agents: 3,2 / 3,5 / 6,6,6,2)")
+                        "20 agents: 3,2 / 3,5 / 6,6,6,2; two halves for any other number, e.g. "
+                        "2,2 for 4)")
     t.add_argument("--graph", choices=topology.GRAPHS, default="full",
                    help="the graph of agents: full (fully connected, the paper's), ring or "
                         "exponential (i ~ i +- 2^k) (default full)")

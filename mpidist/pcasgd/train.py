@@ -57,6 +57,8 @@ def train(run) -> None:
     a, comm, rank, n, dev = run.args, run.comm, run.rank, run.world_size, run.device
     clusters = None if a.clusters is None else topology.parse_clusters(a.clusters)
     topo = topology.build(n, clusters, a.graph, a.delay, a.mixing)
+    if clusters is None and topology.default_note(n):
+        run.say(topology.default_note(n))
     if a.show_topology:
         run.say(topo.describe())
         return

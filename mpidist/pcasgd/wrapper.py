@@ -68,7 +68,8 @@ class PCASGD:
     plan); None: open-ended, then the last tau steps send messages that :meth:`finish` receives and
     drops. ``delay``: tau, the delay of neighbours in other clusters, in steps (0: every neighbour
     reliable); ``clusters``: sizes of the reliable clusters of consecutive ranks, e.g. ``(3, 5)``
-    or ``"3,5"`` (None: the paper's network for 5, 8 or 20 agents); ``graph``: full, ring or
+    or ``"3,5"`` (None: the paper's network for 5, 8 or 20 agents, else two halves,
+    :func:`mpidist.topology.default_clusters`); ``graph``: full, ring or
     exponential; ``mixing``: lazy or metropolis (:mod:`mpidist.topology`). ``variant``: pc
     (Eq. 12 chooses theta_t), p, c or dasgd; ``theta``: a fixed theta_t in [0, 1] (with pc);
     ``criterion``: descent or printed (Eq. 12's reading); ``lam``: lambda of Eq. 2 in (0, 1];

@@ -123,13 +123,13 @@ def _one_line(proc, algo: str, *words: str) -> str:
 
 
 def test_world_that_does_not_fit_ends_every_rank(tmp_path):
-    """pcasgd has no default clusters for 3 agents: the 3 processes exit 2 and mpiexec returns."""
+    """pcasgd's clusters 3,5 do not fit 3 agents: the 3 processes exit 2 and mpiexec returns."""
     t = time.monotonic()
-    proc = run_mpi(3, ["-m", "mpidist.pcasgd", "--trace-dir", str(tmp_path / "run")], 300,
-                   env=ENV)
+    proc = run_mpi(3, ["-m", "mpidist.pcasgd", "--clusters", "3,5", "--trace-dir",
+                       str(tmp_path / "run")], 300, env=ENV)
     elapsed = time.monotonic() - t
     assert proc.returncode == 2, proc.stderr
-    _one_line(proc, "pcasgd", "no default reliable clusters for 3 agents", "--clusters")
+    _one_line(proc, "pcasgd", "describes 8 agents but the job has 3 ranks", "--clusters")
     assert elapsed < REAL_LAUNCH_LIMIT, elapsed
     assert not os.path.exists(tmp_path / "run")  # refused before the run directory is made
 

@@ -66,22 +66,24 @@ def test_bad_clusters_and_show_topology(tmp_path):
     check(proc, 2)
     assert ("mpidist.pcasgd: error: --clusters 3,5 describes 8 agents but the job has 2 ranks"
             in proc.stderr), proc.stderr
-    out = check(run_mpi(2, ["-m", "mpidist.pcasgd", "--show-topology", "--clusters", "1,1",
+    out = check(run_mpi(2, ["-m", "mpidist.pcasgd", "--show-topology",  # no --clusters: 1,1
                             "--mixing", "metropolis", "--trace-dir", str(tmp_path / "t")],
                         timeout=120))
+    assert "clusters 1,1 (no network of the paper for 2 agents; --clusters to choose)" in out
     assert "cluster 0: agents 0" in out and "agent 0: reliable [], unreliable [1]" in out
     assert "W (all neighbours" in out and "0.5000 0.5000" in out
     assert "W~ (reliable neighbours only" in out and "1.0000 0.0000" in out
 
 
 def test_resume_under_mpi_continues_exactly(tmp_path):
-    """4 ranks (clusters 2,2, tau 5): a run with --checkpoint-every 20, then a second job resumed
-    from its step-19 checkpoint into a new trace; both end with the same agents' accuracies."""
+    """4 ranks (no --clusters: the default 2,2; tau 5): a run with --checkpoint-every 20, then a
+    second job resumed from its step-19 checkpoint into a new trace; both end with the same agents'
+    accuracies."""
     a, b = tmp_path / "a", tmp_path / "b"
-    common = ["-m", "mpidist.pcasgd", "--clusters", "2,2", "--delay", "5", "--steps", "40",
-              "--quiet"]
+    common = ["-m", "mpidist.pcasgd", "--delay", "5", "--steps", "40", "--quiet"]
     out = check(run_mpi(4, [*common, "--checkpoint-every", "20", "--trace-dir", str(a)],
                         timeout=180))
+    assert "clusters 2,2 (no network of the paper for 4 agents; --clusters to choose)" in out
     ck = a / "checkpoints"
     assert sorted(os.listdir(ck)) == ["step-000000019"], os.listdir(ck)
     out2 = check(run_mpi(4, [*common, "--resume", str(ck / "step-000000019"), "--trace-dir",

@@ -219,9 +219,6 @@ def _cases() -> list[Case]:
     out[-1].argv[:2] = []  # no --clusters: python -m mpidist.pcasgd as a user types it
     add("mdgan:flgan-world-1", "mdgan", ["--mode", "flgan"], "needs the server", kind="world")
     w2 = dict(world=2, kind="world")
-    add("pcasgd:default-clusters-world-2", "pcasgd", [], "no default reliable clusters for 2",
-        **w2)
-    out[-1].argv[:2] = []  # no --clusters
     add("pcasgd:clusters-1-world-2", "pcasgd", ["--clusters", "1"],
         "describes 1 agents but the job has 2 ranks", **w2)
     add("pcasgd:clusters-3,5-world-2", "pcasgd", ["--clusters", "3,5"],

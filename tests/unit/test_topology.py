@@ -107,8 +107,8 @@ def test_bad_clusters_are_clear_errors():
         with pytest.raises(TopologyError, match="--clusters"):
             topology.parse_clusters(bad)
     assert topology.parse_clusters(" 6,6, 6,2") == (6, 6, 6, 2)
-    with pytest.raises(TopologyError, match="no default reliable clusters for 4 agents"):
-        topology.build(4)
+    with pytest.raises(TopologyError, match="no default reliable clusters for 1 agent"):
+        topology.build(1)
     with pytest.raises(TopologyError, match="unknown graph"):
         topology.build(8, None, "torus")
     with pytest.raises(TopologyError, match="unknown mixing"):
@@ -135,3 +135,19 @@ def test_describe_lists_clusters_and_matrices():
     assert "agent 0: reliable [1, 2], unreliable [3, 4, 5, 6, 7]" in text
     assert "W~ (reliable neighbours only" in text
     assert text.count("0.5625") >= 8        # lazy W: diagonal 1/2 + 1/16
+
+
+def test_default_clusters_paper_networks_else_two_halves():
+    """The paper's networks for 5, 8, 20 agents (no note); two halves for any other n >= 2, with
+    the one line rank 0 prints; one agent has no default."""
+    assert topology.default_clusters(5) == (3, 2) and topology.default_clusters(8) == (3, 5)
+    assert topology.default_clusters(20) == (6, 6, 6, 2)
+    assert [topology.default_note(n) for n in (5, 8, 20)] == [None] * 3
+    for n, want in ((2, (1, 1)), (3, (1, 2)), (4, (2, 2)), (7, (3, 4)), (16, (8, 8))):
+        assert topology.default_clusters(n) == want
+        assert topology.build(n, None, "full", 20).clusters == want
+    assert topology.default_note(4) == \
+        "clusters 2,2 (no network of the paper for 4 agents; --clusters to choose)"
+    with pytest.raises(TopologyError, match="--clusters 1"):
+        topology.default_clusters(1)
+    assert topology.default_note(1) is None
