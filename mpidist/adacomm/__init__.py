@@ -18,5 +18,5 @@ from .optimizer import FlatSGD, PeriodicAveragingSGD, Report
 from .wrapper import AdaComm  # noqa: F401
 from .rules import (METHODS, MOMENTUM_RESTARTS, CommSchedule, Interval,  # noqa: F401
                     basic_tau, lr_decays_due, momentum_restart_due, next_tau)
-from .train import evaluate_averaged, phase_steps, train  # noqa: F401
+from .train import evaluate_averaged, phase_steps, time_budget, train  # noqa: F401
 from .worker import Trainer, search_tau0  # noqa: F401

@@ -6,7 +6,7 @@ import argparse
 
 from .. import cli, runtime
 from .rules import METHODS, MOMENTUM_RESTARTS
-from .train import train
+from .train import time_budget, train
 
 # Section 5: 4 workers, batch 128 per worker, weight decay 5e-4, T0 = 60 s, lr / 10 at epochs
 # 80/120/160/200 of 240, local momentum 0.9, block momentum 0.3
@@ -52,11 +52,11 @@ def make_parser() -> cli.ArgumentParser:
                                 "limit)",
                      epochs_help="stop after this many passes of all workers over the data "
                                  "(default: no epoch limit)")
-    g.add_argument("--time-budget", type=cli.nonneg_float, default=30.0, metavar="SECONDS",
+    g.add_argument("--time-budget", type=cli.nonneg_float, default=None, metavar="SECONDS",
                    help="stop at the first averaging after this many seconds of agreed training "
-                        "time; 0 = no time limit. Default 30. The run ends at whichever of "
-                        "--time-budget, --steps and --epochs comes first: with none of them given "
-                        "it stops after 30 s; for exactly --steps or --epochs add --time-budget 0")
+                        "time; 0 = no time limit. The run ends at whichever of --time-budget, "
+                        "--steps and --epochs comes first. Default: 30 s when neither --steps nor "
+                        "--epochs is given, else no time limit")
     g.add_argument("--method", choices=METHODS, default="adacomm",
                    help="sync: fully synchronous SGD (gradients averaged every step); pasgd: "
                         "periodic averaging every --tau local steps (Eq. 1); adacomm: tau adapted "
@@ -121,7 +121,7 @@ def make_parser() -> cli.ArgumentParser:
 
 def check(args, world_size: int) -> str | None:
     """A configuration that cannot run (every rank finds it alike)."""
-    if not args.time_budget and args.steps is None and args.epochs is None:
+    if not time_budget(args) and args.steps is None and args.epochs is None:
         return "no stopping rule: give --time-budget, --steps or --epochs"
     if args.method != "adacomm" and args.tau0 == "auto":
         return "--tau0 auto is AdaComm's grid search; use it with --method adacomm"

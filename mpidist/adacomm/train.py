@@ -25,6 +25,19 @@ from .wrapper import AdaComm
 from .worker import Trainer, search_tau0
 
 
+#: seconds of training when no flag says when to stop (a short demonstration run)
+DEFAULT_TIME_BUDGET = 30.0
+
+
+def time_budget(args) -> float:
+    """The time budget in seconds (0: none): ``--time-budget`` if given, else
+    :data:`DEFAULT_TIME_BUDGET` when neither ``--steps`` nor ``--epochs`` is given, else 0 (the
+    run goes on to the steps or epochs asked for)."""
+    if args.time_budget is not None:
+        return args.time_budget
+    return DEFAULT_TIME_BUDGET if args.steps is None and args.epochs is None else 0.0
+
+
 def phase_steps(steps, epochs, steps_per_epoch: float) -> int | None:
     """Local steps of the training phase: ``--steps``, or the first count k whose epoch
     ``k / steps_per_epoch`` reaches ``--epochs`` (the smaller of the two); None when neither is
@@ -158,7 +171,7 @@ def train(run) -> None:
     total = phase_steps(a.steps, a.epochs, steps_per_epoch)
     loop = Loop(run, total, first_step=ada.phase_start, meet_every=0,
                 state=lambda t: trainer.state_dict())
-    last = train_phase(run, trainer, loop, a.time_budget, task, test_ds)
+    last = train_phase(run, trainer, loop, time_budget(a), task, test_ds)
     run.metric(trainer.step, "F0", schedule.F0)
     final_loss, test_loss, test_acc = evaluate_averaged(run, model, test_ds, shard, task)
     for name, v in (("final_train_loss", final_loss), ("test_loss", test_loss),

@@ -63,6 +63,18 @@ def test_adacomm_with_steps_and_no_time_budget_has_a_stopping_rule():
     assert "no stopping rule" in A.check(a, 2)
 
 
+def test_adacomm_time_budget_defaults_to_30_s_only_without_steps_or_epochs():
+    """`--steps 5000` alone runs 5000 steps (it used to stop at the default 30 s as well); with
+    no flag the demonstration run lasts 30 s; an explicit --time-budget always counts."""
+    from mpidist.adacomm import cli as A, time_budget
+    tb = lambda *argv: time_budget(A.make_parser().parse_args(list(argv)))  # noqa: E731
+    assert tb() == 30.0
+    assert tb("--steps", "5000") == 0.0 and tb("--epochs", "2") == 0.0
+    assert tb("--steps", "5000", "--time-budget", "12") == 12.0
+    assert tb("--time-budget", "0", "--epochs", "1") == 0.0
+    assert A.check(A.make_parser().parse_args([]), 2) is None
+
+
 def test_adacomm_phase_steps_takes_the_smaller_limit():
     from mpidist.adacomm import phase_steps
     assert phase_steps(None, None, 10.0) is None          # the time budget ends the run
@@ -86,4 +98,4 @@ def test_adacomm_help_says_when_the_run_stops():
     helps = {a.dest: a.help for a in A.make_parser()._actions}
     assert "see --epochs" not in helps["steps"] and "no step limit" in helps["steps"]
     assert "whichever of --time-budget, --steps and --epochs comes first" in helps["time_budget"]
-    assert "stops after 30 s" in helps["time_budget"]
+    assert "30 s when neither --steps nor --epochs is given" in helps["time_budget"]
