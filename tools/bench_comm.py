@@ -2,8 +2,8 @@
 
 Run on 2 ranks (the exact command of the README's figures)::
 
-    mpiexec -n 2 python tools/bench_comm.py                # about 3 minutes on 2 idle cores
-    mpiexec -n 2 python tools/bench_comm.py --sizes 1K-64K --reps 20 --no-gloo   # a quick look
+    mpiexec -n 2 python tools/bench_comm.py                # about 75 s on 2 idle cores
+    mpiexec -n 2 python tools/bench_comm.py --sizes 1K-64K --reps 0.1 --no-gloo  # a quick look
 
 Point to point: a ping-pong from 1 KiB to 64 MiB; the one-way time is half the round trip (median
 over the repetitions), the bandwidth bytes / one-way time. In ONE run, the ways take turns in
