@@ -14,6 +14,10 @@ Older spellings stay as aliases of the same destination (``--lr-decay-epochs`` f
 ``--lr-milestones``, ``--paper`` for ``--preset``, ``-I``/``--iterations`` for ``--steps``,
 ``--score-every`` for ``--eval-every``), so that no documented command breaks; ``--help`` shows them
 beside the flag they stand for.
+
+``--help`` explains the algorithm's own flags and the data group, and names the run flags every
+algorithm shares (group "run") without their help; ``--help-all`` explains those too and ends with
+the note on code mpidist runs but does not ship (:meth:`ArgumentParser.format_help`).
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import argparse
 import math
 import re
 import sys
+import textwrap
 
 from mpi4py import MPI
 
@@ -54,15 +59,61 @@ class ArgumentParser(argparse.ArgumentParser):
             raise UsageError(message.strip())
         raise SystemExit(status)
 
-    def format_help(self):
-        """The algorithm's own flags first, the run flags every algorithm shares last."""
-        shared = [g for g in self._action_groups if g.title and g.title.startswith("run (")]
-        self._action_groups = [g for g in self._action_groups if g not in shared] + shared
-        return super().format_help()
+    run_group = None  # parser() sets the group of run flags every algorithm shares
 
-    def print_help(self, file=None):
+    def format_help(self, full: bool = False) -> str:
+        """``--help``: the algorithm's own flags in full, then the shared run flags by name only and
+        a pointer to the note on code mpidist runs. ``--help-all`` (``full``): the run flags
+        explained last, and the note itself (the epilog)."""
+        own = [g for g in self._action_groups if g is not self.run_group]
+        f = self._get_formatter()
+        f.add_usage(self.usage, self._actions, self._mutually_exclusive_groups)
+        f.add_text(self.description)
+        for g in own + ([self.run_group] if full and self.run_group else []):
+            f.start_section(g.title)
+            f.add_text(g.description)
+            f.add_arguments(g._group_actions)
+            f.end_section()
+        f.add_text(self.epilog if full or self.run_group is None else self._run_flags_named())
+        return f.format_help()
+
+    def _run_flags_named(self) -> str:
+        names = " ".join(a.option_strings[0] for a in self.run_group._group_actions
+                         if a.help != argparse.SUPPRESS)
+        listed = textwrap.fill(names, HELP_WIDTH, initial_indent="  ", subsequent_indent="  ",
+                               break_on_hyphens=False)
+        return f"{RUN_FLAGS_ABOUT}\n{listed}\n{USER_CODE_POINTER}"
+
+    def print_help(self, file=None, full: bool = False):
         if MPI.COMM_WORLD.Get_rank() == 0:
-            super().print_help(file)
+            (file or sys.stdout).write(self.format_help(full))
+
+
+HELP_WIDTH = 92  # columns whatever the terminal: the width of the algorithms' descriptions
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Wraps the flags' help at HELP_WIDTH columns whatever $COLUMNS says, and never inside a
+    hyphenated word (--lr-milestones, gan-cnn-mnist-d); descriptions and epilogs print as
+    written."""
+
+    def __init__(self, prog, indent_increment=2, max_help_position=24, width=None):
+        super().__init__(prog, indent_increment, max_help_position, width or HELP_WIDTH)
+
+    def _split_lines(self, text, width):
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+
+class _HelpAll(argparse.Action):
+    """``--help-all``: the help with the run flags explained, printed like ``--help``."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS,
+                 help=None):
+        super().__init__(option_strings, dest, nargs=0, default=default, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.print_help(full=True)
+        parser.exit()
 
 
 # ------------------------------------------------------------------------------ value types
@@ -211,6 +262,12 @@ Code that mpidist runs but does not ship:
   against SHA-256s); --trust-checkpoint lets it, for an older checkpoint you trust.
   The job templates in jobs/ run MPIDIST_SETUP as shell code, and the programs that
   MPIDIST_PYTHON, MPIDIST_MPIRUN and MPIDIST_MODULE name."""
+# what --help prints instead of the run flags' group and the note above
+RUN_FLAGS_ABOUT = """\
+run flags shared by every algorithm: seed, device, traces, progress, checkpoints and resume,
+emulated network, timeouts, failure injection (--help-all explains them):"""
+USER_CODE_POINTER = ("Code that mpidist runs but does not ship (MODULE:FUNCTION, jobs/): "
+                     "see --help-all.")
 
 
 def parser(algorithm: str, description: str) -> ArgumentParser:
@@ -222,8 +279,10 @@ def parser(algorithm: str, description: str) -> ArgumentParser:
                             f"mpidist/{algorithm}/README.md")
     p = ArgumentParser(prog=f"python -m mpidist.{algorithm}", description=description,
                        usage=f"mpirun -n N python -m mpidist.{algorithm} [flags]  (flags below)",
-                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=USER_CODE)
-    g = p.add_argument_group("run (shared by every mpidist algorithm)")
+                       formatter_class=HelpFormatter, epilog=USER_CODE)
+    p.add_argument("--help-all", action=_HelpAll,
+                   help="show this help with the run flags explained too")
+    g = p.run_group = p.add_argument_group("run (shared by every mpidist algorithm)")
     g.add_argument("--seed", type=seed_int, default=0,
                    help="random seed; rank k seeds torch/numpy with seed*1000+k, shared choices "
                         "(permutations, schedules) use seed alone (default 0)")

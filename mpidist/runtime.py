@@ -11,7 +11,7 @@ What ``start`` guarantees:
 
 - Argument errors (unknown flag, impossible value, a world size that does not fit) print ONE line
   on rank 0 (``mpidist.<algo>: error: ...``) and every rank exits with status 2 within seconds;
-  ``--help`` prints on rank 0 and every rank exits 0.
+  ``--help`` (``--help-all``) prints on rank 0 and every rank exits 0.
 - An exception on ANY rank inside the ``with`` block prints ``[rank k] failed: ...`` with its
   traceback, closes that rank's trace (status "failed") and calls ``MPI_Abort``, which ends the
   whole job promptly with a non-zero status: never a hang. The other ranks' trace files hold every

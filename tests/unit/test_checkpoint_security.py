@@ -279,6 +279,8 @@ def test_the_trust_flag_and_the_user_code_note_are_in_every_help():
     p = cli.parser("toy", "a toy")
     assert p.parse_args(["--resume", "d", "--trust-checkpoint"]).trust_checkpoint is True
     assert p.parse_args([]).trust_checkpoint is False
-    text = p.format_help()
-    assert "--trust-checkpoint" in text and "MPIDIST_SETUP" in text and "MODULE:FUNCTION" in text
+    text = p.format_help()           # --help names the flag and points to the note
+    assert "--trust-checkpoint" in text and "MODULE:FUNCTION" in text and "--help-all" in text
+    text = p.format_help(full=True)  # --help-all explains both
+    assert "full unpickle" in text and "MPIDIST_SETUP" in text and "MODULE:FUNCTION" in text
     assert "trust_checkpoint" in checkpoint.RUN_FLAGS   # a resume may add it
