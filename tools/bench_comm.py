@@ -410,6 +410,30 @@ def bind_main_thread(on: bool) -> str:
 
 # ------------------------------------------------------------------------------ report
 
+def latency_goal(r: dict, p2p: list) -> None:
+    """The 1 KiB goal's lines from that size's row ``r``."""
+    us = lambda a, b: (b - a) * 1e6  # noqa: E731 - b's one-way time over a's, in us
+    added = {w: interval(r["numpy:rounds"], r[w + ":rounds"], us)
+             for w in ("mpidist", "mpidist-notrace", "mpidist+snap", "mpidist-persistent")}
+    a, lo, hi = added["mpidist"]
+    print(f"  at most {GOAL_SMALL_US:g} us added one way at {label(r['bytes'])}, tracing on: "
+          f"{verdict(lo, hi, GOAL_SMALL_US, at_least=False)} "
+          f"({a:.2f} us [{lo:.2f}, {hi:.2f}]; tracing off {added['mpidist-notrace'][0]:.2f} us; "
+          f"with the snapshot copy {added['mpidist+snap'][0]:.2f} us; persistent requests, traced, "
+          f"{added['mpidist-persistent'][0]:.2f} us)")
+    sp = r["loop_ns"]
+    print(f"    this core's Python speed in those rounds (rank 0, tools' loop_ns): median "
+          f"{np.median(sp):.1f} ns per empty loop iteration, {min(sp):.1f}-{max(sp):.1f}; over "
+          f"the whole run {np.median([x for q in p2p for x in q['loop_ns']]):.1f}")
+    low = {w: (r[w + ":p10"] - r["numpy:p10"]) * 1e6 for w in added}
+    print(f"    the same from the 10th percentiles (less scheduling noise): {low['mpidist']:.2f} us; "
+          f"off {low['mpidist-notrace']:.2f}; snapshot {low['mpidist+snap']:.2f}; persistent "
+          f"{low['mpidist-persistent']:.2f} (numpy {r['numpy:p10'] * 1e6:.2f} us one way)")
+    p, lo, hi = added["mpidist-persistent"]
+    print(f"  the same goal on the fixed exchanges' path (persistent requests, traced; D-PSGD's): "
+          f"{verdict(lo, hi, GOAL_SMALL_US, at_least=False)} ({p:.2f} us [{lo:.2f}, {hi:.2f}])")
+
+
 def report(p2p, ar, cuda, pp, gloo_note, hp, bound="unpinned"):
     ways = [w for w in ("numpy", "torch", "gloo", "mpidist", "mpidist-notrace", "mpidist+snap",
                         "mpidist-persistent") if w in p2p[0]]
@@ -456,28 +480,11 @@ def report(p2p, ar, cuda, pp, gloo_note, hp, bound="unpinned"):
               f"at {label(n)})")
         print("    " + "; ".join(f"{label(n)} {x:.2f}x [{lo:.2f}, {hi:.2f}] {v}"
                                  for (n, x, lo, hi), v in zip(per, vs)))
-    small = [r for r in p2p if r["bytes"] == 1 << 10] or p2p[:1]
-    r = small[0]
-    us = lambda a, b: (b - a) * 1e6  # noqa: E731 - b's one-way time over a's, in us
-    added = {w: interval(r["numpy:rounds"], r[w + ":rounds"], us)
-             for w in ("mpidist", "mpidist-notrace", "mpidist+snap", "mpidist-persistent")}
-    a, lo, hi = added["mpidist"]
-    print(f"  at most {GOAL_SMALL_US:g} us added one way at {label(r['bytes'])}, tracing on: "
-          f"{verdict(lo, hi, GOAL_SMALL_US, at_least=False)} "
-          f"({a:.2f} us [{lo:.2f}, {hi:.2f}]; tracing off {added['mpidist-notrace'][0]:.2f} us; "
-          f"with the snapshot copy {added['mpidist+snap'][0]:.2f} us; persistent requests, traced, "
-          f"{added['mpidist-persistent'][0]:.2f} us)")
-    sp = r["loop_ns"]
-    print(f"    this core's Python speed in those rounds (rank 0, tools' loop_ns): median "
-          f"{np.median(sp):.1f} ns per empty loop iteration, {min(sp):.1f}-{max(sp):.1f}; over "
-          f"the whole run {np.median([x for q in p2p for x in q['loop_ns']]):.1f}")
-    low = {w: (r[w + ":p10"] - r["numpy:p10"]) * 1e6 for w in added}
-    print(f"    the same from the 10th percentiles (less scheduling noise): {low['mpidist']:.2f} us; "
-          f"off {low['mpidist-notrace']:.2f}; snapshot {low['mpidist+snap']:.2f}; persistent "
-          f"{low['mpidist-persistent']:.2f} (numpy {r['numpy:p10'] * 1e6:.2f} us one way)")
-    p, lo, hi = added["mpidist-persistent"]
-    print(f"  the same goal on the fixed exchanges' path (persistent requests, traced; D-PSGD's): "
-          f"{verdict(lo, hi, GOAL_SMALL_US, at_least=False)} ({p:.2f} us [{lo:.2f}, {hi:.2f}])")
+    small = [r for r in p2p if r["bytes"] == 1 << 10]
+    if small:
+        latency_goal(small[0], p2p)
+    else:
+        print(f"  at most {GOAL_SMALL_US:g} us added one way at 1 KiB: not measured (no 1 KiB size)")
 
     if ar:
         print("\nallreduce (float32, 2 ranks): milliseconds | ratio of times, other / mpidist")
