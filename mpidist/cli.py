@@ -237,6 +237,16 @@ def training(p: ArgumentParser, title: str, default_steps: int | None = None,
     return g
 
 
+def run_length(args, steps_per_epoch: int, default: int) -> int:
+    """The steps that :func:`training`'s flags ask for: ``--steps``, else ``--epochs`` passes of
+    ``steps_per_epoch`` steps (at least one step), else ``default``."""
+    if args.steps is not None:
+        return args.steps
+    if args.epochs is not None:
+        return max(1, round(args.epochs * steps_per_epoch))
+    return default
+
+
 def model_flags(g, default: str, known=None, what: str = "network") -> None:
     """``--model NAME`` and ``--model-arg KEY=VALUE`` (keywords of the model's builder)."""
     from . import models

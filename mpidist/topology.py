@@ -74,8 +74,9 @@ def default_clusters(n: int) -> tuple[int, ...]:
     if n in PAPER_NETWORKS:
         return PAPER_NETWORKS[n][1]
     if n < 2:
-        raise TopologyError(f"no default reliable clusters for {n} agent(s): PC-ASGD needs 2 or "
-                            f"more (the paper's networks have 5, 8 and 20); give --clusters {n}")
+        raise TopologyError(f"no default reliable clusters for {n} agent(s) (the paper's networks "
+                            f"have 5, 8 and 20 agents); give --clusters {n} to run one agent "
+                            f"alone")
     return _split_two(n)
 
 

@@ -38,8 +38,7 @@ def train(run) -> None:
                              f"of {smallest} samples ({a.data}, {n} workers)")
     shard = data.Shard(task.train, i, n, a.batch_size, a.seed, dev)
     per_epoch = max(1, smallest // a.batch_size)
-    steps = (a.steps if a.steps is not None else
-             max(1, round(a.epochs * per_epoch)) if a.epochs is not None else DEFAULT_STEPS)
+    steps = cli.run_length(a, per_epoch, DEFAULT_STEPS)
     eval_every = a.eval_every or max(1, steps // 10)
     test = (task.test.x.to(dev), task.test.y.to(dev))
 

@@ -57,8 +57,9 @@ def train(run) -> None:
     a, comm, rank, n, dev = run.args, run.comm, run.rank, run.world_size, run.device
     clusters = None if a.clusters is None else topology.parse_clusters(a.clusters)
     topo = topology.build(n, clusters, a.graph, a.delay, a.mixing)
-    if clusters is None and topology.default_note(n):
-        run.say(topology.default_note(n))
+    note = topology.default_note(n) if clusters is None else None
+    if note:
+        run.say(note)
     if a.show_topology:
         run.say(topo.describe())
         return
@@ -74,8 +75,7 @@ def train(run) -> None:
                                                               a.seed, own)
     shard = data.Shard(tk.train, rank, n, a.batch_size, a.seed, dev, indices=idx)
     steps_per_epoch = max(1, (len(tk.train) // n) // a.batch_size)
-    steps = (a.steps if a.steps is not None else
-             max(1, round(a.epochs * steps_per_epoch)) if a.epochs is not None else DEFAULT_STEPS)
+    steps = cli.run_length(a, steps_per_epoch, DEFAULT_STEPS)
     eval_every = a.eval_every or max(1, steps // 10)
     test_x, test_y = tk.test.x.to(dev), tk.test.y.to(dev)
 

@@ -99,3 +99,15 @@ def test_adacomm_help_says_when_the_run_stops():
     assert "see --epochs" not in helps["steps"] and "no step limit" in helps["steps"]
     assert "whichever of --time-budget, --steps and --epochs comes first" in helps["time_budget"]
     assert "30 s when neither --steps nor --epochs is given" in helps["time_budget"]
+
+
+def test_run_length_from_steps_epochs_or_the_default():
+    """D-PSGD's and PC-ASGD's number of steps: --steps, else --epochs x steps per epoch (rounded,
+    at least 1), else the algorithm's default."""
+    from types import SimpleNamespace as NS
+
+    from mpidist import cli
+    assert cli.run_length(NS(steps=7, epochs=None), 10, 900) == 7
+    assert cli.run_length(NS(steps=None, epochs=2.5), 10, 900) == 25
+    assert cli.run_length(NS(steps=None, epochs=0.01), 10, 900) == 1
+    assert cli.run_length(NS(steps=None, epochs=None), 10, 900) == 900
